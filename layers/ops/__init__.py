@@ -1,0 +1,19 @@
+"""Pure-JAX sequence ops, one folder per recurrence, each with several forms and one oracle.
+
+Every op checks its inputs, resolves `impl` ("reference" is the sequential oracle; "auto"
+picks the fastest form for the platform) and dispatches. See DESIGN.md for the conventions.
+"""
+from layers.ops.attention import attention, attention_step, init_cache
+from layers.ops.linear_scan import linear_scan, log_linear_scan
+from layers.ops.s4d import causal_conv, s4d_discretize, s4d_kernel
+
+__all__ = [
+    "attention",
+    "attention_step",
+    "causal_conv",
+    "init_cache",
+    "linear_scan",
+    "log_linear_scan",
+    "s4d_discretize",
+    "s4d_kernel",
+]

@@ -1,0 +1,1 @@
+"""Architectures assembled from `layers`: backbone, language model, classifier, generation."""
