@@ -62,7 +62,7 @@ def s4d_kernel(log_dt: jax.Array, A_re: jax.Array, A_im: jax.Array, C: jax.Array
   _common.check_shape(op, "C", C, (H, half_n), "[H, N/2]")
   A_bar, B_bar = s4d_discretize(log_dt, A_re, A_im, discretization)
   # A_bar^l as exp(l log A_bar): the Vandermonde matrix [H, N/2, L] in one exp.
-  powers = jnp.exp(jnp.log(A_bar)[..., None] * jnp.arange(L))
+  powers = jnp.exp(jnp.einsum("hn,l->hnl", jnp.log(A_bar), jnp.arange(L, dtype=A_re.dtype)))
   return 2 * jnp.einsum("hn,hnl->hl", C * B_bar, powers).real
 
 

@@ -1,0 +1,85 @@
+"""Diagonal scans: reference (lax.scan) vs associative forms of linear_scan and
+log_linear_scan, and S4D's FFT convolution vs its recurrence through linear_scan.
+
+  python -m benchmarks.scan [--quick] [--out benchmarks/results/scan.json]
+
+Forward and forward+backward (gradient of a sum) times, min of N, jitted on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from layers.ops import causal_conv, linear_scan, log_linear_scan, s4d_discretize, s4d_kernel
+
+B, D = 2, 256          # linear scans: [B, T, D]
+H, HALF_N = 128, 16    # S4D: H channels, N = 32 real state (16 complex modes)
+
+
+def _scan_cases(T):
+  key = jax.random.split(jax.random.key(0), 3)
+  a = jax.random.uniform(key[0], (B, T, D), minval=0.5, maxval=0.999)
+  b = jax.random.normal(key[1], (B, T, D))
+  h0 = jnp.ones((B, D))
+  for impl in ("reference", "associative"):
+    yield "linear_scan", impl, (lambda a, b, h0, impl=impl: linear_scan(a, b, h0, impl=impl)[0]), (a, b, h0)
+    yield ("log_linear_scan", impl,
+           (lambda a, b, h0, impl=impl: log_linear_scan(a, b, h0, impl=impl)[0]),
+           (jnp.log(a), b, h0))
+
+
+def _s4d_cases(T):
+  key = jax.random.split(jax.random.key(1), 4)
+  log_dt = jnp.log(jnp.full((H,), 0.01))
+  A_re = -0.5 * jnp.ones((H, HALF_N))
+  A_im = jnp.pi * jnp.broadcast_to(jnp.arange(HALF_N, dtype=jnp.float32), (H, HALF_N))
+  C = jax.random.normal(key[0], (H, HALF_N)) + 1j * jax.random.normal(key[1], (H, HALF_N))
+  u = jax.random.normal(key[2], (B, T, H))
+
+  def fft(u, log_dt):
+    return causal_conv(u, s4d_kernel(log_dt, A_re, A_im, C, T))
+
+  def recurrence(u, log_dt, impl):
+    A_bar, B_bar = s4d_discretize(log_dt, A_re, A_im)
+    x, _ = linear_scan(jnp.broadcast_to(A_bar, (B, T, H, HALF_N)),
+                       jnp.einsum("hn,bth->bthn", B_bar, u.astype(B_bar.dtype)), impl=impl)
+    return 2 * jnp.einsum("hn,bthn->bth", C, x).real
+
+  for impl in ("reference", "associative"):
+    yield "s4d", f"recurrence-{impl}", (lambda u, d, impl=impl: recurrence(u, d, impl)), (u, log_dt)
+  yield "s4d", "fft", fft, (u, log_dt)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="T in {256, 1024} only")
+  parser.add_argument("--out", default="benchmarks/results/scan.json")
+  args = parser.parse_args()
+  lengths = (256, 1024) if args.quick else (256, 1024, 4096, 16384)
+  rows = []
+  for T in lengths:
+    baseline = {}
+    for cases in (_scan_cases(T), _s4d_cases(T)):
+      for op, form, fn, inputs in cases:
+        fwd = jax.jit(fn)
+        bwd = jax.jit(jax.grad(lambda *x, fn=fn: fn(*x).sum(), argnums=(0, 1)))
+        row = {"op": op, "form": form, "T": T,
+               "fwd_ms": 1e3 * common.time_fn(fwd, *inputs),
+               "fwd_bwd_ms": 1e3 * common.time_fn(bwd, *inputs)}
+        row["tokens_per_s"] = B * T / (row["fwd_ms"] / 1e3)
+        ref = baseline.setdefault(op, row)
+        row["fwd_speedup"] = ref["fwd_ms"] / row["fwd_ms"]
+        row["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+        rows.append(row)
+        print(f"  {op:16s} {form:22s} T={T:6d} fwd {row['fwd_ms']:.3f} ms", flush=True)
+  print("\nspeedup = time of the op's reference (lax.scan) form / time of this form")
+  common.print_table(rows, ["op", "form", "T", "fwd_ms", "fwd_bwd_ms", "tokens_per_s",
+                            "fwd_speedup", "fwd_bwd_speedup"])
+  common.write_json(args.out, "scan", rows)
+
+
+if __name__ == "__main__":
+  main()
