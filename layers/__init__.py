@@ -1,1 +1,28 @@
-"""Sequence layers: Flax linen modules over the pure-JAX ops in `layers.ops`."""
+"""Sequence layers: Flax linen modules over the pure-JAX ops in `layers.ops`.
+
+Every causal sequence mixer (S4D, MinGRU, MinLSTM, Attention, ShortConv) has one calling
+convention, with explicit state pytrees:
+
+  y, state = mixer.apply(variables, x, state=None, segment_ids=None)   # x: [B, T, D]
+  state0 = mixer.apply(variables, batch_size, max_len, method="init_state")
+  y_t, state = mixer.apply(variables, x_t, state, method="step")      # x_t: [B, D]
+"""
+from layers.attention import Attention
+from layers.conv import ShortConv
+from layers.min_rnn import MinGRU, MinLSTM
+from layers.mlp import MLP
+from layers.norm import GatedRMSNorm, RMSNorm
+from layers.rotary import apply_rotary
+from layers.s4d import S4D
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "GatedRMSNorm",
+    "MinGRU",
+    "MinLSTM",
+    "RMSNorm",
+    "S4D",
+    "ShortConv",
+    "apply_rotary",
+]

@@ -1,1 +1,20 @@
-"""Architectures assembled from `layers`: backbone, language model, classifier, generation."""
+"""Architectures assembled from `layers`: backbone, language model, classifier, generation,
+and the registry of mixers / block patterns / architectures by name."""
+from seqmodels import registry
+from seqmodels.backbone import Backbone, Block
+from seqmodels.generate import generate
+from seqmodels.models import ARCHITECTURES, Classifier, LanguageModel, build_model
+from seqmodels.sampling import GREEDY, Sampler
+
+__all__ = [
+    "ARCHITECTURES",
+    "GREEDY",
+    "Backbone",
+    "Block",
+    "Classifier",
+    "LanguageModel",
+    "Sampler",
+    "build_model",
+    "generate",
+    "registry",
+]

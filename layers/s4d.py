@@ -1,0 +1,155 @@
+"""S4D: the diagonal state space layer ("On the Parameterization and Initialization of
+Diagonal State Space Models", Gu, Gupta, Goel, Re 2022)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+from layers import _common
+from layers.ops import _common as ops_common
+from layers.ops import causal_conv, linear_scan, s4d_discretize, s4d_kernel
+
+INITS = ("lin", "inv", "real")
+FORMS = ("fft", "scan")
+
+
+def s4d_A_init(init: str, d_state: int) -> tuple[np.ndarray, np.ndarray]:
+  """(A_re, A_im): [N/2] of the paper's initialisations, n = 0 .. N/2 - 1.
+
+  lin: A_n = -1/2 + i pi n;  inv: A_n = -1/2 + i N/pi (N/(2n+1) - 1);  real: A_n = -(n+1).
+  """
+  n = np.arange(d_state // 2)
+  if init == "lin":
+    return np.full(n.shape, -0.5), np.pi * n
+  if init == "inv":
+    return np.full(n.shape, -0.5), d_state / np.pi * (d_state / (2 * n + 1) - 1)
+  return -(n + 1.0), np.zeros(n.shape)
+
+
+def _constant(value: np.ndarray):
+  """An initializer that broadcasts `value` ([N/2]) to the parameter's shape ([H, N/2])."""
+  return lambda key, shape, dtype: jnp.broadcast_to(jnp.asarray(value, dtype), shape)
+
+
+class S4D(nn.Module):
+  """Diagonal SSM per channel h, then GELU and a GLU output projection:
+
+    x_t = A_bar x_{t-1} + B_bar u_t,   y_t = 2 Re(C x_t) + D u_t,
+    out_t = GLU(W gelu(y_t) + b)       (W: H -> 2H, GLU(a | g) = a * sigmoid(g)),
+
+  with N/2 complex modes per channel (d_state = N counts the real state), A = -exp(log_A_real)
+  + i A_imag, B = 1 folded into C ~ CN(0, 1), dt log-uniform in [dt_min, dt_max], D ~ N(0, 1).
+
+  Forms: "fft" (training default): y = K * u with the kernel K_l = 2 Re(C B_bar A_bar^l),
+  plus 2 Re(C A_bar^(t+1) x_{-1}) from the state; "scan": the recurrence through
+  `linear_scan`, which the layer switches to by itself when given segment_ids. State: x, complex
+  [B, H, N/2]. causal=False is the bidirectional form (LRA): a second C runs the same SSM
+  backwards in time and the two outputs add; it takes no state and has no step.
+  """
+  d_model: int
+  d_state: int = 64
+  A_init: str = "lin"  # "lin" | "inv" | "real" (`init` would shadow Module.init)
+  dt_min: float = 1e-3
+  dt_max: float = 1e-1
+  discretization: str = "zoh"
+  causal: bool = True
+  form: str = "fft"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.d_state < 2 or self.d_state % 2:
+      raise ValueError(f"S4D: d_state must be a positive even number (N/2 complex modes); "
+                       f"got {self.d_state}")
+    for field, value, known in (("A_init", self.A_init, INITS), ("form", self.form, FORMS)):
+      if value not in known:
+        raise ValueError(f"S4D: unknown {field}={value!r}; expected one of {known}")
+    H, half = self.d_model, self.d_state // 2
+    pd = self.param_dtype
+    log_dt_min, log_dt_max = np.log(self.dt_min), np.log(self.dt_max)
+    self.log_dt = self.param(
+        "log_dt",
+        lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, log_dt_min, log_dt_max),
+        (H,), pd)
+    A_re, A_im = s4d_A_init(self.A_init, self.d_state)
+    self.log_A_real = self.param("log_A_real", _constant(np.log(-A_re)), (H, half), pd)
+    self.A_imag = self.param("A_imag", _constant(A_im), (H, half), pd)
+    c_init = nn.initializers.normal(stddev=0.5 ** 0.5)  # CN(0, 1): Re, Im ~ N(0, 1/2)
+    directions = ("",) if self.causal else ("", "_bwd")
+    self.C = [lax.complex(self.param(f"C{d}_re", c_init, (H, half), pd),
+                          self.param(f"C{d}_im", c_init, (H, half), pd)) for d in directions]
+    self.D = self.param("D", nn.initializers.normal(stddev=1.0), (H,), pd)
+    self.out_proj = nn.Dense(2 * H, dtype=self.dtype, param_dtype=pd)
+
+  @property
+  def _state_dtype(self):
+    return jnp.result_type(self.param_dtype, self.dtype, jnp.complex64)
+
+  def _discretize(self) -> tuple[jax.Array, jax.Array]:
+    return s4d_discretize(self.log_dt, -jnp.exp(self.log_A_real), self.A_imag,
+                          self.discretization)
+
+  def _ssm(self, u: jax.Array, C: jax.Array, x0: jax.Array,
+           segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """y_t = 2 Re(C x_t) for u: [B, T, H] from x_{-1} = x0 ([B, H, N/2]); returns (y, x_T)."""
+    B, T, H = u.shape
+    A_bar, B_bar = self._discretize()
+    if self.form == "scan" or segment_ids is not None:
+      x, x_T = linear_scan(jnp.broadcast_to(A_bar, (B, T) + A_bar.shape),
+                           jnp.einsum("hn,bth->bthn", B_bar, u), x0, segment_ids=segment_ids)
+      return 2 * jnp.einsum("hn,bthn->bth", C, x).real, x_T
+    kernel = s4d_kernel(self.log_dt, -jnp.exp(self.log_A_real), self.A_imag, C, T,
+                        self.discretization)
+    # powers[..., l] = A_bar^l, l = 0 .. T
+    lags = jnp.arange(T + 1, dtype=A_bar.real.dtype)
+    powers = jnp.exp(jnp.einsum("hn,l->hnl", jnp.log(A_bar), lags))
+    y = causal_conv(u, kernel) + 2 * jnp.einsum("hn,hnt,bhn->bth", C, powers[..., 1:], x0).real
+    # x_T = A_bar^T x0 + sum_s A_bar^(T-1-s) B_bar u_s
+    x_T = (jnp.einsum("hn,bhn->bhn", powers[..., T], x0)
+           + jnp.einsum("hn,hns,bsh->bhn", B_bar, powers[..., T - 1::-1], u))
+    return y, x_T
+
+  def _output(self, u: jax.Array, y: jax.Array) -> jax.Array:
+    """GLU(W gelu(y + D u) + b) over the last axis H."""
+    y = jax.nn.gelu(y + jnp.einsum("...h,h->...h", u, self.D), approximate=False)
+    return jax.nn.glu(self.out_proj(y.astype(self.dtype)), axis=-1)
+
+  def __call__(self, x: jax.Array, state: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """x: [B, T, H] -> (out: [B, T, H], x_T: complex [B, H, N/2]; None when bidirectional)."""
+    _common.check_input("S4D", x, self.d_model)
+    B = x.shape[0]
+    u = x.astype(self.dtype)
+    if not self.causal:
+      if state is not None:
+        raise ValueError("S4D: the bidirectional form (causal=False) takes no state")
+      x0 = self.init_state(B, x.shape[1])
+      y, _ = self._ssm(u, self.C[0], x0, segment_ids)
+      flip = lambda a: None if a is None else jnp.flip(a, axis=1)
+      y_bwd, _ = self._ssm(flip(u), self.C[1], x0, flip(segment_ids))
+      return self._output(u, y + flip(y_bwd)), None
+    if state is None:
+      state = self.init_state(B, x.shape[1])
+    ops_common.check_shape("S4D", "state", state, (B, self.d_model, self.d_state // 2),
+                           "[B, H, N/2]")
+    y, state = self._ssm(u, self.C[0], state.astype(self._state_dtype), segment_ids)
+    return self._output(u, y), state.astype(self._state_dtype)
+
+  def init_state(self, batch_size: int, max_len: int) -> jax.Array:
+    """x_{-1} = 0: complex [B, H, N/2] (`max_len` unused)."""
+    del max_len
+    return jnp.zeros((batch_size, self.d_model, self.d_state // 2), self._state_dtype)
+
+  def step(self, x_t: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x_t: [B, H] (the input u_t) -> (out_t, the state A_bar state + B_bar u_t)."""
+    _common.check_input("S4D", x_t, self.d_model, step=True)
+    if not self.causal:
+      raise ValueError("S4D: the bidirectional form (causal=False) has no step")
+    u = x_t.astype(self.dtype)
+    A_bar, B_bar = self._discretize()
+    state = (jnp.einsum("hn,bhn->bhn", A_bar, state)
+             + jnp.einsum("hn,bh->bhn", B_bar, u)).astype(self._state_dtype)
+    return self._output(u, 2 * jnp.einsum("hn,bhn->bh", self.C[0], state).real), state

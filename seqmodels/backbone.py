@@ -1,0 +1,131 @@
+"""The residual stack every architecture shares: embedding -> N pre-norm blocks -> norm."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.core import FrozenDict
+
+from layers import MLP, RMSNorm
+from seqmodels import registry
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + mixer(norm(x)), then x + MLP(norm(x)).
+
+  The mixer is any module with the mixer calling convention (`__call__`, `init_state`,
+  `step`); its state passes through unchanged in structure.
+  """
+  mixer: nn.Module
+  mlp_expand: float = 8 / 3
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.mixer_norm = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.mlp_norm = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.mlp = MLP(expand=self.mlp_expand, dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def _channel_mix(self, x):
+    return x + self.mlp(self.mlp_norm(x))
+
+  def __call__(self, x, state=None, segment_ids=None):
+    """x: [B, T, D] -> (x: [B, T, D], mixer state)."""
+    y, state = self.mixer(self.mixer_norm(x), state, segment_ids)
+    return self._channel_mix(x + y.astype(x.dtype)), state
+
+  def init_state(self, batch_size: int, max_len: int):
+    return self.mixer.init_state(batch_size, max_len)
+
+  def step(self, x_t, state):
+    """x_t: [B, D] -> (x_t: [B, D], mixer state)."""
+    y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
+    return self._channel_mix(x_t + y_t.astype(x_t.dtype)), state
+
+
+class Backbone(nn.Module):
+  """Token (or feature) embedding, `n_layers` blocks whose mixers follow `pattern` (layer i
+  uses pattern[i % len(pattern)]: a hybrid when it names several), then a final RMSNorm.
+
+  inputs: [B, T] int tokens when `vocab_size` is set, else [B, T, input_dim] features (a
+  linear embedding). The state is a tuple with one mixer state per layer.
+  """
+  d_model: int
+  n_layers: int
+  pattern: str | Sequence[str] = "attention"
+  vocab_size: int | None = None
+  input_dim: int | None = None
+  mixer_kwargs: FrozenDict = FrozenDict()  # {mixer name: {option: value}}
+  mlp_expand: float = 8 / 3
+  causal: bool = True
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def __post_init__(self):
+    # Hashable fields, so that a model can be a static argument of jit (`generate`).
+    object.__setattr__(self, "mixer_kwargs", FrozenDict(self.mixer_kwargs))
+    if not isinstance(self.pattern, str):
+      object.__setattr__(self, "pattern", tuple(self.pattern))
+    super().__post_init__()
+
+  def setup(self):
+    if (self.vocab_size is None) == (self.input_dim is None):
+      raise ValueError("Backbone: set exactly one of vocab_size (token inputs [B, T]) and "
+                       f"input_dim (features [B, T, F]); got vocab_size={self.vocab_size}, "
+                       f"input_dim={self.input_dim}")
+    names = registry.get_pattern(self.pattern)
+    unused = sorted(set(self.mixer_kwargs) - set(names))
+    if unused:
+      raise ValueError(f"Backbone: mixer_kwargs for {', '.join(unused)}, which the pattern "
+                       f"{names} does not use")
+    modules = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.vocab_size is not None:
+      self.embed = nn.Embed(self.vocab_size, self.d_model, param_dtype=self.param_dtype,
+                            embedding_init=nn.initializers.normal(stddev=self.d_model ** -0.5))
+    else:
+      self.embed = nn.Dense(self.d_model, **modules)
+    self.blocks = [
+        Block(registry.build_mixer(names[i % len(names)], self.d_model, causal=self.causal,
+                                   overrides=self.mixer_kwargs.get(names[i % len(names)]),
+                                   **modules),
+              mlp_expand=self.mlp_expand, **modules)
+        for i in range(self.n_layers)]
+    self.norm = RMSNorm(**modules)
+
+  def _embed(self, inputs, step: bool):
+    rank = 1 if step else 2
+    if self.vocab_size is not None:
+      if jnp.ndim(inputs) != rank or not jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
+        layout = "[B]" if step else "[B, T]"
+        raise ValueError(f"Backbone: token inputs must be an int array {layout}; got "
+                         f"shape {tuple(jnp.shape(inputs))} dtype {jnp.asarray(inputs).dtype}")
+    elif jnp.ndim(inputs) != rank + 1 or jnp.shape(inputs)[-1] != self.input_dim:
+      layout = f"[B, F={self.input_dim}]" if step else f"[B, T, F={self.input_dim}]"
+      raise ValueError(f"Backbone: feature inputs must have shape {layout}; got "
+                       f"{tuple(jnp.shape(inputs))}")
+    return self.embed(inputs).astype(self.dtype)
+
+  def __call__(self, inputs, state=None, segment_ids=None):
+    """inputs: [B, T] tokens or [B, T, F] -> (h: [B, T, D], per-layer states)."""
+    x = self._embed(inputs, step=False)
+    states = (None,) * self.n_layers if state is None else state
+    new_states = []
+    for block, s in zip(self.blocks, states):
+      x, s = block(x, s, segment_ids)
+      new_states.append(s)
+    return self.norm(x), tuple(new_states)
+
+  def init_state(self, batch_size: int, max_len: int):
+    """Per-layer empty states for decoding up to `max_len` tokens."""
+    return tuple(block.init_state(batch_size, max_len) for block in self.blocks)
+
+  def step(self, inputs_t, state):
+    """inputs_t: [B] tokens or [B, F] -> (h_t: [B, D], per-layer states)."""
+    x = self._embed(inputs_t, step=True)
+    new_states = []
+    for block, s in zip(self.blocks, state):
+      x, s = block.step(x, s)
+      new_states.append(s)
+    return self.norm(x), tuple(new_states)

@@ -1,0 +1,62 @@
+"""Autoregressive decoding: parallel prefill, then a `lax.scan` over the model's `step`."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from seqmodels.sampling import GREEDY, Sampler
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
+def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
+  B, P = prompt.shape
+  # Left padding is segment 0; the real tokens form segment 1, so recurrences start from zero
+  # and rotary positions from 0 at the first real token.
+  segment_ids = prompt_mask.astype(jnp.int32)
+  state = model.apply(variables, B, P + max_new_tokens, method="init_state")
+  logits, state = model.apply(variables, prompt, state, segment_ids)
+  keys = jax.random.split(rng, max_new_tokens)
+  first = sampler(keys[0], logits[:, -1])
+
+  def decode(carry, key):
+    token, state = carry
+    logits_t, state = model.apply(variables, token, state, method="step")
+    token = sampler(key, logits_t)
+    return (token, state), token
+
+  _, rest = jax.lax.scan(decode, (first, state), keys[1:])
+  return jnp.concatenate([first[:, None], rest.T], axis=1).astype(prompt.dtype)
+
+
+def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int,
+             rng: jax.Array, sampler: Sampler = GREEDY,
+             prompt_mask: jax.Array | None = None) -> jax.Array:
+  """Continues `prompt` by `max_new_tokens` tokens drawn with `sampler`.
+
+  Args:
+    model: a module with `__call__(tokens, state, segment_ids)`, `init_state` and `step`
+      returning logits (`LanguageModel`).
+    prompt: [B, P] int; prompts of different lengths are left-padded.
+    max_new_tokens: number of tokens to generate (static: one compilation per value).
+    rng: PRNG key (unused by greedy decoding).
+    sampler: `Sampler(temperature, top_k, top_p)`; GREEDY by default.
+    prompt_mask: [B, P] bool, True at real tokens (None: all real). Every row needs at least
+      one real token, and the padding must be on the left.
+  Returns:
+    new tokens [B, max_new_tokens], in the dtype of prompt.
+  """
+  if jnp.ndim(prompt) != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+    raise ValueError(f"generate: prompt must be an int array [B, P]; got shape "
+                     f"{tuple(jnp.shape(prompt))} dtype {prompt.dtype}")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be >= 1; got {max_new_tokens}")
+  if prompt_mask is None:
+    prompt_mask = jnp.ones(prompt.shape, bool)
+  elif jnp.shape(prompt_mask) != prompt.shape:
+    raise ValueError(f"generate: prompt_mask must have the prompt's shape {prompt.shape}; "
+                     f"got {tuple(jnp.shape(prompt_mask))}")
+  return _generate(model, variables, prompt, jnp.asarray(prompt_mask, bool), rng,
+                   max_new_tokens, sampler)

@@ -1,0 +1,82 @@
+"""Architectures over a `Backbone`: a language model and a sequence classifier."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from seqmodels.backbone import Backbone
+
+POOLINGS = ("mean", "last")
+
+
+class LanguageModel(nn.Module):
+  """Next-token logits: logits_t = head(Backbone(tokens)_t), head tied to the embedding
+  (logits = h E^T) or a separate bias-free projection. Needs a causal token backbone."""
+  backbone: Backbone
+  tie_embeddings: bool = True
+
+  def setup(self):
+    if self.backbone.vocab_size is None or not self.backbone.causal:
+      raise ValueError("LanguageModel: the backbone must be causal with token inputs "
+                       f"(vocab_size set); got vocab_size={self.backbone.vocab_size}, "
+                       f"causal={self.backbone.causal}")
+    if not self.tie_embeddings:
+      self.head = nn.Dense(self.backbone.vocab_size, use_bias=False,
+                           dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype)
+
+  def _logits(self, h):
+    logits = self.backbone.embed.attend(h) if self.tie_embeddings else self.head(h)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+  def __call__(self, tokens, state=None, segment_ids=None):
+    """tokens: [B, T] int -> (logits: [B, T, vocab] float32 or wider, per-layer states)."""
+    h, state = self.backbone(tokens, state, segment_ids)
+    return self._logits(h), state
+
+  def init_state(self, batch_size: int, max_len: int):
+    return self.backbone.init_state(batch_size, max_len)
+
+  def step(self, tokens_t, state):
+    """tokens_t: [B] int -> (logits_t: [B, vocab] float32 or wider, per-layer states)."""
+    h_t, state = self.backbone.step(tokens_t, state)
+    return self._logits(h_t), state
+
+
+class Classifier(nn.Module):
+  """logits = W pool(Backbone(inputs)) + b over the tokens with segment id != 0 (all tokens
+  when segment_ids is None): "mean" pooling averages them, "last" takes the last one."""
+  backbone: Backbone
+  num_classes: int
+  pooling: str = "mean"
+
+  def setup(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"Classifier: unknown pooling={self.pooling!r}; expected one of "
+                       f"{POOLINGS}")
+    self.head = nn.Dense(self.num_classes, param_dtype=self.backbone.param_dtype)
+
+  def __call__(self, inputs, segment_ids=None):
+    """inputs: [B, T] tokens or [B, T, F] features -> logits: [B, num_classes] (float32 or wider)."""
+    h, _ = self.backbone(inputs, None, segment_ids)
+    B, T, _ = h.shape
+    valid = jnp.ones((B, T), bool) if segment_ids is None else segment_ids != 0
+    h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
+    if self.pooling == "mean":
+      weights = valid / jnp.maximum(valid.sum(1, keepdims=True), 1)
+      pooled = jnp.einsum("bt,btd->bd", weights, h)
+    else:
+      last = T - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+      pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return self.head(pooled)
+
+
+ARCHITECTURES = {"lm": LanguageModel, "classifier": Classifier}
+
+
+def build_model(architecture: str, backbone: Backbone, **kwargs) -> nn.Module:
+  """The architecture `architecture` ("lm" | "classifier") over `backbone`."""
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"unknown architecture {architecture!r}; known: "
+                     f"{', '.join(sorted(ARCHITECTURES))}")
+  return ARCHITECTURES[architecture](backbone, **kwargs)

@@ -1,0 +1,99 @@
+"""Names -> sequence mixers, block patterns and architectures, so a config says
+`model.mixer = "mingru"` and nothing else in the code branches on the name.
+
+Unknown names and unknown keyword arguments raise a ValueError listing what is known.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+from flax import linen as nn
+
+from layers import S4D, Attention, MinGRU, MinLSTM
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerSpec:
+  """A registered mixer: its module class and its defaults as a function of d_model."""
+  cls: type[nn.Module]
+  defaults: Callable[[int], dict] = lambda d_model: {}
+
+
+def _attention_defaults(window=None):
+  def defaults(d_model):
+    head_dim = min(d_model, 64)
+    return {"num_heads": max(1, d_model // head_dim), "head_dim": head_dim, "window": window}
+  return defaults
+
+
+MIXERS: dict[str, MixerSpec] = {
+    "attention": MixerSpec(Attention, _attention_defaults()),
+    "swa": MixerSpec(Attention, _attention_defaults(window=64)),
+    "s4d": MixerSpec(S4D),
+    "mingru": MixerSpec(MinGRU),
+    "minlstm": MixerSpec(MinLSTM),
+}
+
+# Block patterns: layer i of a backbone uses pattern[i % len(pattern)]. Every mixer name is
+# also the pattern of that mixer alone.
+PATTERNS: dict[str, tuple[str, ...]] = {
+    "mingru_attention": ("mingru", "mingru", "attention"),
+    "s4d_attention": ("s4d", "s4d", "attention"),
+}
+
+
+def _unknown(kind: str, name, known) -> ValueError:
+  return ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def register_mixer(name: str, cls: type[nn.Module],
+                   defaults: Callable[[int], dict] = lambda d_model: {}) -> None:
+  """Adds a mixer under `name` (its class must take `d_model` and follow the mixer calling
+  convention of DESIGN.md)."""
+  MIXERS[name] = MixerSpec(cls, defaults)
+
+
+def build_mixer(name: str, d_model: int, *, causal: bool = True,
+                overrides: Mapping | None = None, **module_kwargs) -> nn.Module:
+  """The mixer `name` at width `d_model`: registered defaults, then `overrides` (config
+  keys, checked against the class's fields), then `module_kwargs` (dtype, ...)."""
+  if name not in MIXERS:
+    raise _unknown("mixer", name, MIXERS)
+  spec = MIXERS[name]
+  fields = {f.name for f in dataclasses.fields(spec.cls)} - {"parent", "name"}
+  overrides = dict(overrides or {})
+  bad = sorted(set(overrides) - fields)
+  if bad:
+    raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
+                     f"known: {', '.join(sorted(fields - {'d_model', 'dtype', 'param_dtype'}))}")
+  kwargs = {**spec.defaults(d_model), **overrides, **module_kwargs}
+  if "causal" in fields:
+    kwargs["causal"] = causal
+  elif not causal:
+    raise ValueError(f"mixer {name!r} has no bidirectional form (causal=False)")
+  return spec.cls(d_model=d_model, **kwargs)
+
+
+def get_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
+  """A block pattern by name (or a mixer name, or a sequence of mixer names), checked."""
+  if isinstance(pattern, str):
+    if pattern in PATTERNS:
+      names = PATTERNS[pattern]
+    elif pattern in MIXERS:
+      names = (pattern,)
+    else:
+      raise _unknown("mixer or block pattern", pattern, (*MIXERS, *PATTERNS))
+  else:
+    names = tuple(pattern)
+  for name in names:
+    if name not in MIXERS:
+      raise _unknown("mixer", name, MIXERS)
+  if not names:
+    raise ValueError("a block pattern needs at least one mixer name")
+  return names
+
+
+def known_models() -> tuple[str, ...]:
+  """Every name a config's `model` may take: mixers and block patterns."""
+  return tuple(sorted((*MIXERS, *PATTERNS)))
