@@ -11,6 +11,7 @@ from layers.attention import Attention
 from layers.conv import ShortConv
 from layers.min_rnn import MinGRU, MinLSTM
 from layers.mlp import MLP
+from layers.no_mixer import NoMixer
 from layers.norm import GatedRMSNorm, RMSNorm
 from layers.rotary import apply_rotary
 from layers.s4d import S4D
@@ -21,6 +22,7 @@ __all__ = [
     "GatedRMSNorm",
     "MinGRU",
     "MinLSTM",
+    "NoMixer",
     "RMSNorm",
     "S4D",
     "ShortConv",

@@ -83,7 +83,7 @@ class Backbone(nn.Module):
     modules = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.vocab_size is not None:
       self.embed = nn.Embed(self.vocab_size, self.d_model, param_dtype=self.param_dtype,
-                            embedding_init=nn.initializers.normal(stddev=self.d_model ** -0.5))
+                            embedding_init=nn.initializers.normal(stddev=1.0))
     else:
       self.embed = nn.Dense(self.d_model, **modules)
     self.blocks = [

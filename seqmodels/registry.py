@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from flax import linen as nn
 
-from layers import S4D, Attention, MinGRU, MinLSTM
+from layers import S4D, Attention, MinGRU, MinLSTM, NoMixer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ MIXERS: dict[str, MixerSpec] = {
     "s4d": MixerSpec(S4D),
     "mingru": MixerSpec(MinGRU),
     "minlstm": MixerSpec(MinLSTM),
+    "none": MixerSpec(NoMixer),  # ablation: blocks reduce to their MLPs
 }
 
 # Block patterns: layer i of a backbone uses pattern[i % len(pattern)]. Every mixer name is

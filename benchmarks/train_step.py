@@ -1,0 +1,80 @@
+"""Train-step time and achieved FLOP/s of a 4-layer d=256 language model at T=1024 for each
+registered mixer, beside this machine's jitted float32 matmul FLOP/s measured in the same run.
+
+  python -m benchmarks.train_step [--quick] [--out benchmarks/results/train_step.json]
+
+FLOPs per step come from XLA's cost analysis of the compiled step (forward, backward, AdamW).
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from seqmodels import registry
+from train import config_lib
+from train.loop import build
+
+
+def matmul_flops_per_s(n: int = 2048) -> float:
+  """Achieved FLOP/s of a jitted float32 n x n matmul."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  return 2 * n ** 3 / common.time_fn(jax.jit(jnp.matmul), a, a, repeats=10)
+
+
+def step_fn(mixer: str, batch: int, length: int):
+  """(jitted train step, state, batch) for the LM of `mixer` on random tokens."""
+  config = config_lib.base_config(mixer, "base")
+  config.model.update(d_model=256, n_layers=4)
+  config.task = {"name": "mqar", "vocab_size": 256, "num_pairs": 8, "seq_len": length}
+  _, model, tx, _ = build(config)
+  tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, 256)
+  params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
+
+  def train_step(params, opt_state, tokens):
+    def loss(params):
+      logits, _ = model.apply({"params": params}, tokens[:, :-1])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+    grads = jax.grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.map(jnp.add, params, updates), opt_state
+
+  return jax.jit(train_step, donate_argnums=(0, 1)), params, tx.init(params), tokens
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="T=256 and batch 1")
+  parser.add_argument("--out", default="benchmarks/results/train_step.json")
+  parser.add_argument("--mixers", default=",".join(m for m in registry.MIXERS if m != "none"))
+  args = parser.parse_args()
+  batch, length = (1, 256) if args.quick else (2, 1024)
+  peak = matmul_flops_per_s()
+  print(f"float32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s")
+  rows = []
+  for mixer in args.mixers.split(","):
+    step, params, opt_state, tokens = step_fn(mixer, batch, length)
+    cost = step.lower(params, opt_state, tokens).compile().cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    state = [params, opt_state]
+
+    def run(tokens):
+      state[:] = step(*state, tokens)
+      return state[0]
+
+    seconds = common.time_fn(run, tokens, repeats=3)
+    rows.append({"mixer": mixer, "B": batch, "T": length, "step_ms": 1e3 * seconds,
+                 "tokens_per_s": batch * length / seconds, "gflop_per_step": flops / 1e9,
+                 "gflop_per_s": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / peak})
+    print(f"  {mixer}: {1e3 * seconds:.1f} ms/step", flush=True)
+  common.print_table(rows, ["mixer", "B", "T", "step_ms", "tokens_per_s", "gflop_per_step",
+                            "gflop_per_s", "fraction_of_matmul"])
+  for row in rows:
+    row["matmul_gflop_per_s"] = peak / 1e9
+  common.write_json(args.out, "train_step", rows)
+
+
+if __name__ == "__main__":
+  main()

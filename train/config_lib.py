@@ -1,0 +1,98 @@
+"""Building blocks of the run configs in `configs/` and the checks that stop a bad config
+before anything is compiled.
+
+A config has four sections: `task` (name + options of the task), `model` (mixer or block
+pattern, sizes), `opt` (optimizer) and `run` (steps, batch, eval, logging, checkpoints).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from seqmodels import registry
+
+SIZES = {  # size name -> (d_model, n_layers)
+    "tiny": (64, 2),
+    "small": (128, 4),
+    "base": (256, 6),
+}
+DTYPES = ("float32", "bfloat16")
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """Parses the `config.py:key=value,key=value` argument; keys must be among `defaults`."""
+  options = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected key=value with key in "
+                       f"{', '.join(defaults)}")
+    options[key] = value
+  return options
+
+
+def base_config(model: str, size: str) -> ml_collections.ConfigDict:
+  """Model, optimizer and run defaults shared by every config (the task is added by it)."""
+  if size not in SIZES:
+    raise ValueError(f"config argument size={size!r}: expected one of {', '.join(SIZES)}")
+  d_model, n_layers = SIZES[size]
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      mixer=model,             # a mixer or block pattern name from seqmodels.registry
+      d_model=d_model,
+      n_layers=n_layers,
+      mlp_expand=8 / 3,        # hidden width of the gated MLP, as a multiple of d_model
+      tie_embeddings=True,
+      dtype="float32",         # compute dtype: float32 | bfloat16 (params stay float32)
+      mixer_kwargs=ml_collections.ConfigDict(),  # {mixer name: {option: value}}
+  ))
+  config.opt = ml_collections.ConfigDict(dict(
+      lr=1e-3,
+      ssm_lr=1e-3,             # state-space dynamics (A, dt): own lr, no weight decay
+      weight_decay=0.1,
+      b1=0.9, b2=0.98, eps=1e-8,
+      warmup_steps=50,
+      final_lr_ratio=0.1,      # cosine decays to lr * final_lr_ratio
+      clip_norm=1.0,
+      grad_accum_steps=1,
+      ssm_pattern=r"(log_dt|log_A_real|A_imag|A_log|dt_bias)$",
+      no_decay_pattern=r"(norm|bias|embed|scale)",
+  ))
+  config.run = ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=32,
+      seed=0,
+      log_every=25,
+      eval_every=250,
+      eval_batches=8,
+      checkpoint_every=250,
+      keep_checkpoints=2,
+      progress=True,           # tqdm progress bar
+  ))
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ValueError naming the first bad key and what it accepts."""
+  model, opt, run = config.model, config.opt, config.run
+  if model.mixer not in registry.known_models():
+    raise ValueError(f"model.mixer={model.mixer!r} is unknown; known: "
+                     f"{', '.join(registry.known_models())}")
+  if model.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={model.dtype!r}: expected one of {', '.join(DTYPES)}")
+  names = registry.get_pattern(model.mixer)
+  for name, overrides in model.mixer_kwargs.items():
+    if name not in names:
+      raise ValueError(f"model.mixer_kwargs.{name}: the model {model.mixer!r} uses only "
+                       f"{', '.join(names)}")
+    registry.build_mixer(name, model.d_model, overrides=overrides.to_dict())
+  positive = {"model.d_model": model.d_model, "model.n_layers": model.n_layers,
+              "opt.lr": opt.lr, "opt.grad_accum_steps": opt.grad_accum_steps,
+              "run.steps": run.steps, "run.batch_size": run.batch_size,
+              "run.log_every": run.log_every, "run.eval_every": run.eval_every,
+              "run.eval_batches": run.eval_batches, "run.checkpoint_every": run.checkpoint_every,
+              "run.keep_checkpoints": run.keep_checkpoints}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"{key}={value}: expected a positive number")
+  if not 0 <= opt.final_lr_ratio <= 1:
+    raise ValueError(f"opt.final_lr_ratio={opt.final_lr_ratio}: expected a number in [0, 1]")

@@ -1,0 +1,21 @@
+"""Tasks by name: each builds its grain datasets and declares its loss and metrics."""
+from train.tasks.base import Task
+from train.tasks.synthetic import InductionHeads, MQAR, SelectiveCopying
+
+TASKS: dict[str, type[Task]] = {
+    "mqar": MQAR,
+    "selective_copying": SelectiveCopying,
+    "induction_heads": InductionHeads,
+}
+
+
+def build_task(config) -> Task:
+  """The task `config.name` with the rest of `config` as its options."""
+  name = config.name
+  if name not in TASKS:
+    raise ValueError(f"task.name: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+  options = {k: v for k, v in config.items() if k != "name"}
+  return TASKS[name](**options)
+
+
+__all__ = ["TASKS", "Task", "build_task"]

@@ -1,0 +1,53 @@
+"""What the loop needs from a task: examples by index, a model head, a loss and metrics."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(abc.ABC):
+  """A task whose example i of a split is a pure function of (seed, split, i).
+
+  Examples are dicts of numpy arrays: `inputs` [T] int tokens, `targets` [T] int and
+  `weights` [T] float (1 where the loss counts). Subclasses add a `vocab_size` field and
+  implement `example`.
+  """
+  seed: int = 0
+
+  architecture = "lm"
+  SPLITS = {"train": 0, "eval": 1}
+
+  @abc.abstractmethod
+  def example(self, rng: np.random.Generator) -> dict:
+    """One example drawn from `rng`."""
+
+  def dataset(self, split: str, batch_size: int, num_examples: int | None = None):
+    """A grain MapDataset of batches; batch j holds examples j*B .. (j+1)*B - 1 of `split`
+    (an endless stream when `num_examples` is None)."""
+    if split not in self.SPLITS:
+      raise ValueError(f"{type(self).__name__}: unknown split {split!r}; known: "
+                       f"{', '.join(self.SPLITS)}")
+    stream = self.SPLITS[split]
+    ds = grain.MapDataset.range(num_examples if num_examples is not None else 2**62)
+    ds = ds.map(lambda i: self.example(np.random.default_rng([self.seed, stream, int(i)])))
+    return ds.batch(batch_size, drop_remainder=True)
+
+  def loss_and_metrics(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+    """Weighted next-token cross-entropy and accuracy over the positions with weight 1.
+
+    logits: [B, T, V]; batch targets, weights: [B, T]. Returns (loss, {loss, accuracy}).
+    """
+    weights = batch["weights"].astype(jnp.float32)
+    total = jnp.maximum(weights.sum(), 1.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                         batch["targets"])
+    loss = (ce * weights).sum() / total
+    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
+    return loss, {"loss": loss, "accuracy": (correct * weights).sum() / total}
