@@ -10,7 +10,7 @@ from tests import harness
 
 B, T, D, VOCAB = 2, 11, 16, 13
 F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
-PATTERNS = ["attention", "swa", "s4d", "mingru", "minlstm", "mingru_attention"]
+PATTERNS = ["attention", "swa", "s4d", "mingru", "minlstm", "none", "mingru_attention"]
 SMALL = {"swa": {"window": 4}, "s4d": {"d_state": 8}}
 
 

@@ -153,3 +153,15 @@ def test_gradient_accumulation_applies_every_k_steps():
     updates, state = tx.update({"w": jnp.ones(4)}, state, params)
     changed.append(bool(jnp.any(updates["w"] != 0)))
   assert changed == [False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("mixer", ["s4d", "mingru_attention"])
+def test_bfloat16_compute_keeps_float32_params(tmp_path, mixer):
+  config = _mqar_config(mixer, steps=30)
+  config.model.dtype = "bfloat16"
+  metrics = train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics["eval_loss"])
+  _, state = _final_params(str(tmp_path))
+  assert {np.asarray(x).dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
+  losses = [r["loss"] for r in read_metrics(str(tmp_path)) if "loss" in r]
+  assert losses[-1] < losses[0]
