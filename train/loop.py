@@ -32,8 +32,9 @@ def build(config):
   m = config.model
   backbone = Backbone(d_model=m.d_model, n_layers=m.n_layers, pattern=m.mixer,
                       vocab_size=task.vocab_size, mixer_kwargs=m.mixer_kwargs.to_dict(),
-                      mlp_expand=m.mlp_expand, dtype=jnp.dtype(m.dtype))
-  model = build_model(task.architecture, backbone, tie_embeddings=m.tie_embeddings)
+                      mlp_expand=m.mlp_expand, causal=task.causal, dtype=jnp.dtype(m.dtype))
+  model_kwargs = {"tie_embeddings": m.tie_embeddings} if task.architecture == "lm" else {}
+  model = build_model(task.architecture, backbone, **model_kwargs, **task.model_kwargs())
   tx, lr_schedule = optim.make_optimizer(config.opt, config.run.steps)
   return task, model, tx, lr_schedule
 
@@ -58,7 +59,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
-    params = model.init(params_rng, example["inputs"])["params"]
+    params = model.init(params_rng, example["inputs"], None)["params"]
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.key_data(rng))
 
@@ -74,8 +75,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state.step)
 
   def loss_fn(params, batch, rng):
-    logits, _ = model.apply({"params": params}, batch["inputs"])
-    return task.loss_and_metrics(logits, batch)
+    return task.loss_and_metrics(task.logits(model, params, batch), batch)
 
   @jax.jit
   def eval_step(params, batch):

@@ -21,7 +21,8 @@ class Task(abc.ABC):
   """
   seed: int = 0
 
-  architecture = "lm"
+  architecture = "lm"  # a name of seqmodels.ARCHITECTURES
+  causal = True        # False: bidirectional mixers (classification)
   SPLITS = {"train": 0, "eval": 1}
 
   @abc.abstractmethod
@@ -38,6 +39,16 @@ class Task(abc.ABC):
     ds = grain.MapDataset.range(num_examples if num_examples is not None else 2**62)
     ds = ds.map(lambda i: self.example(np.random.default_rng([self.seed, stream, int(i)])))
     return ds.batch(batch_size, drop_remainder=True)
+
+  def model_kwargs(self) -> dict:
+    """Keyword arguments of the architecture (`build_model`) this task needs."""
+    return {}
+
+  def logits(self, model, params, batch: dict) -> jax.Array:
+    """The model's logits for `batch` (a language model: next-token logits [B, T, V])."""
+    logits, _ = model.apply({"params": params}, batch["inputs"], None,
+                            batch.get("segment_ids"))
+    return logits
 
   def loss_and_metrics(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
     """Weighted next-token cross-entropy and accuracy over the positions with weight 1.
