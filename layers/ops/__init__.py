@@ -4,16 +4,22 @@ Every op checks its inputs, resolves `impl` ("reference" is the sequential oracl
 picks the fastest form for the platform) and dispatches. See DESIGN.md for the conventions.
 """
 from layers.ops.attention import attention, attention_step, init_cache
+from layers.ops.gated_delta_rule import gated_delta_rule
+from layers.ops.linear_attention import linear_attention
 from layers.ops.linear_scan import linear_scan, log_linear_scan
 from layers.ops.s4d import causal_conv, s4d_discretize, s4d_kernel
+from layers.ops.selective_scan import selective_scan
 
 __all__ = [
     "attention",
     "attention_step",
     "causal_conv",
+    "gated_delta_rule",
     "init_cache",
+    "linear_attention",
     "linear_scan",
     "log_linear_scan",
     "s4d_discretize",
     "s4d_kernel",
+    "selective_scan",
 ]

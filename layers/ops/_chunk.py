@@ -1,8 +1,8 @@
 """Shared by the matrix-state ops `linear_attention` and `gated_delta_rule`: input checks and
-the chunkwise machinery (chunk layout, masked gate decays, state passing over chunks).
+the chunkwise machinery: a `lax.scan` over chunks of C steps whose (rematerialised) body
+computes one chunk from the state entering it, with gate decays masked at segment boundaries.
 
-Chunk layout: [B, T, H, ...] is zero-padded to N * C steps and viewed as [B, N, H, C, ...];
-gates [B, T, H] become [B, N, H, C]. Padding (k = v = g = beta = 0) leaves the state unchanged.
+T is zero-padded to N * C steps; padding (k = v = g = beta = 0) leaves the state unchanged.
 """
 from __future__ import annotations
 
@@ -50,24 +50,37 @@ def prepare(op, q, k, v, gates, scale, initial_state, segment_ids, chunk_size):
 
 
 def to_chunks(x, size):
-  """[B, T, H, ...] -> [B, N, H, C, ...], zero-padded to N = ceil(T / C) chunks."""
+  """[B, T, H, ...] -> [N, B, H, C, ...], zero-padded to N = ceil(T / C) chunks."""
   pad = -x.shape[1] % size
   x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  return rearrange(x, "b (n c) h ... -> b n h c ...", c=size)
+  return rearrange(x, "b (n c) h ... -> n b h c ...", c=size)
 
 
 def from_chunks(x, length):
-  """[B, N, H, C, ...] -> [B, T, H, ...], dropping the padding."""
-  return rearrange(x, "b n h c ... -> b (n c) h ...")[:, :length]
+  """[N, B, H, C, ...] -> [B, T, H, ...], dropping the padding."""
+  return rearrange(x, "n b h c ... -> b (n c) h ...")[:, :length]
+
+
+def scan_chunks(body, h0, xs, chunk_size):
+  """Runs `body(state, chunk) -> (state, o)` over chunks of C = min(chunk_size, T) steps.
+
+  xs: [B, T, H, ...] arrays, seen by the body as [B, H, C, ...]; o: [B, H, C, V].
+  The body is rematerialised, so the backward pass keeps only the N carried states.
+  Returns o: [B, T, H, V] and the final state.
+  """
+  length = xs[0].shape[1]
+  size = min(chunk_size, length)
+  final, o = lax.scan(jax.checkpoint(body), h0, [to_chunks(x, size) for x in xs])
+  return from_chunks(o, length), final
 
 
 class ChunkDecay(NamedTuple):
-  """Gate decays of each chunk, zero wherever a segment boundary cuts the path.
+  """Gate decays within one chunk, zero wherever a segment boundary cuts the path.
 
-  within: [B, N, H, C, C] exp(G_i - G_j) for j <= i in the same segment, else 0.
-  entry: [B, N, H, C] exp(G_i) where token i's segment continues from the previous chunk.
-  exit: [B, N, H, C] exp(G_last - G_j) where token j is in the chunk's last segment.
-  carry: [B, N, H] exp(G_last) where no segment starts inside the chunk.
+  within: [B, H, C, C] exp(G_i - G_j) for j <= i in the same segment, else 0.
+  entry: [B, H, C] exp(G_i) where token i's segment continues from the previous chunk.
+  exit: [B, H, C] exp(G_last - G_j) where token j is in the chunk's last segment.
+  carry: [B, H] exp(G_last) where no segment starts inside the chunk.
   G is the cumulative log gate within the chunk; every exp sees a masked exponent <= 0.
   """
   within: jax.Array
@@ -80,13 +93,21 @@ def _masked_exp(mask, x):
   return jnp.exp(jnp.where(mask, x, -jnp.inf))
 
 
+def _cumsum(x):
+  """Cumulative sum over the last axis as a matmul with a triangle of ones.
+
+  (XLA on CPU fuses a cumsum into its consumers and recomputes it for every element.)
+  """
+  size = x.shape[-1]
+  return jnp.matmul(x, jnp.triu(jnp.ones((size, size), x.dtype)),
+                    precision=lax.Precision.HIGHEST)
+
+
 def chunk_decay(g, resets) -> ChunkDecay:
-  """g: [B, N, H, C] log gates; resets: [B, N, 1, C] segment-start flags."""
-  G = jnp.cumsum(g, axis=-1)
-  seg = jnp.cumsum(resets, axis=-1)  # segment index within the chunk, 0 = continues
-  size = g.shape[-1]
-  causal = jnp.tril(jnp.ones((size, size), bool))
-  same = (seg[..., :, None] == seg[..., None, :]) & causal
+  """g: [B, H, C] log gates; resets: [B, 1, C] segment-start flags."""
+  G = _cumsum(g)
+  seg = _cumsum(resets.astype(g.dtype))  # segment index within the chunk, 0 = continues
+  same = jnp.tril(seg[..., :, None] == seg[..., None, :])  # j <= i in the same segment
   first, last = seg == 0, seg == seg[..., -1:]
   return ChunkDecay(
       within=_masked_exp(same, G[..., :, None] - G[..., None, :]),
@@ -95,42 +116,18 @@ def chunk_decay(g, resets) -> ChunkDecay:
       carry=_masked_exp(first[..., -1], G[..., -1]))
 
 
-def chunk_inputs(q, k, v, g, resets, chunk_size, *per_head):
-  """Chunks q, k, v, g, resets and extra [B, T, H] arrays with C = min(chunk_size, T).
-
-  Returns (decay, q, k, v, *per_head) in chunk layout.
-  """
-  size = min(chunk_size, q.shape[1])
-  decay = chunk_decay(to_chunks(g, size), to_chunks(resets[..., None], size))
-  return (decay, *(to_chunks(x, size) for x in (q, k, v, *per_head)))
-
-
-def state_update(state, k, u, exit, carry):
-  """S_out = carry S_in + sum_j exit_j k_j u_j^T for one chunk.
-
-  state: [B, H, K, V]; k: [B, H, C, K]; u: [B, H, C, V]; exit: [B, H, C]; carry: [B, H].
-  """
-  return (carry[..., None, None] * state
-          + jnp.einsum("bhck,bhcv->bhkv", k * exit[..., None], u))
-
-
-def scan_chunks(body, h0, xs):
-  """lax.scan of `body(state, x_n) -> (state, y_n)` over the chunk axis 1 of `xs`.
-
-  The body is rematerialised, so the backward pass keeps only the N carried states.
-  Returns (final state, ys with the chunk axis at 1).
-  """
-  xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), xs)
-  final, ys = lax.scan(jax.checkpoint(body), h0, xs)
-  return final, jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1), ys)
-
-
-def chunk_output(q, k, u, decay: ChunkDecay, states):
+def chunk_output(q, k, u, decay: ChunkDecay, state):
   """o_i = sum_{j <= i} within_ij (q_i . k_j) u_j + entry_i S_in^T q_i.
 
-  q, k: [B, N, H, C, K]; u: [B, N, H, C, V]; states: [B, N, H, K, V] (state entering each
-  chunk). Returns [B, N, H, C, V].
+  q, k: [B, H, C, K]; u: [B, H, C, V]; state: S_in [B, H, K, V], the state entering the chunk.
+  Returns [B, H, C, V].
   """
-  scores = jnp.einsum("bnhik,bnhjk->bnhij", q, k) * decay.within
-  return (jnp.einsum("bnhij,bnhjv->bnhiv", scores, u)
-          + jnp.einsum("bnhik,bnhkv->bnhiv", q * decay.entry[..., None], states))
+  scores = jnp.einsum("bhik,bhjk->bhij", q, k) * decay.within
+  return (jnp.einsum("bhij,bhjv->bhiv", scores, u)
+          + jnp.einsum("bhik,bhkv->bhiv", q * decay.entry[..., None], state))
+
+
+def state_update(state, k, u, decay: ChunkDecay):
+  """S_out = carry S_in + sum_j exit_j k_j u_j^T (shapes as in `chunk_output`)."""
+  return (decay.carry[..., None, None] * state
+          + jnp.einsum("bhck,bhcv->bhkv", k * decay.exit[..., None], u))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from layers.ops import _chunk, _common
 from layers.ops.linear_attention import reference, xla
@@ -13,7 +14,6 @@ _FORMS = {
     "parallel": xla.parallel,
     "chunk": xla.chunk,
 }
-_PARALLEL_MAX_T = 128  # on CPU the quadratic form wins up to here, the chunk form beyond
 
 
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None = None, *,
@@ -37,14 +37,15 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
     (float32 or wider).
   """
   op = "linear_attention"
+  out_dtype = jnp.result_type(v)
   q, k, v, gates, h0, resets = _chunk.prepare(
       op, q, k, v, {"g": g}, scale, initial_state, segment_ids, chunk_size)
-  cpu_default = "parallel" if q.shape[1] <= _PARALLEL_MAX_T else "chunk"
-  form = _FORMS[_common.resolve_impl(op, impl, tuple(_FORMS), cpu_default=cpu_default)]
+  # on CPU "chunk" is as fast as "parallel" at T = 128 and faster beyond (benchmarks/)
+  form = _FORMS[_common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="chunk")]
   if form is xla.chunk:
     form = functools.partial(form, chunk_size=chunk_size)
   o, final = form(q, k, v, gates["g"], h0, resets)
-  return o.astype(v.dtype), final
+  return o.astype(out_dtype), final
 
 
 __all__ = ["linear_attention"]

@@ -5,19 +5,17 @@ from layers.ops import _chunk
 def chunk(q, k, v, g, h0, resets, chunk_size):
   """Chunkwise form of `reference.linear_attention` (same arguments and results).
 
-  Within a chunk the output is the masked quadratic form; the state entering each chunk comes
-  from a `lax.scan` over chunks: S_out = carry S_in + sum_j exit_j k_j v_j^T.
+  A `lax.scan` over chunks; with S_in the state entering a chunk:
+    o_i = sum_{j <= i} within_ij (q_i . k_j) v_j + entry_i S_in^T q_i,
+    S_out = carry S_in + sum_j exit_j k_j v_j^T.
   """
-  length = q.shape[1]
-  decay, q, k, v = _chunk.chunk_inputs(q, k, v, g, resets, chunk_size)
-
   def body(state, xs):
-    k_n, v_n, exit_n, carry_n = xs
-    return _chunk.state_update(state, k_n, v_n, exit_n, carry_n), state
+    q, k, v, g, resets = xs
+    decay = _chunk.chunk_decay(g, resets)
+    return (_chunk.state_update(state, k, v, decay),
+            _chunk.chunk_output(q, k, v, decay, state))
 
-  final, states = _chunk.scan_chunks(body, h0, (k, v, decay.exit, decay.carry))
-  o = _chunk.chunk_output(q, k, v, decay, states)
-  return _chunk.from_chunks(o, length), final
+  return _chunk.scan_chunks(body, h0, (q, k, v, g, resets[..., None]), chunk_size)
 
 
 def parallel(q, k, v, g, h0, resets):

@@ -1,0 +1,132 @@
+"""Time and memory of every XLA form of `linear_attention` and `gated_delta_rule`.
+
+Forward and forward+backward (gradients of every input), jitted, min over repetitions after a
+warm-up; memory is XLA's compiled temp allocation (`memory_analysis().temp_size_in_bytes`).
+
+  python -m benchmarks.linear_attention [--quick] [--out benchmarks/results/linear_attention.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layers.ops import gated_delta_rule, linear_attention
+
+B, H, K, V = 2, 4, 64, 64
+LENGTHS, QUICK_LENGTHS = (512, 2048, 4096, 8192), (128, 512)
+FORMS = {"linear_attention": ("reference", "parallel", "chunk"),
+         "gated_delta_rule": ("reference", "chunk")}
+MIN_TOTAL_S = 1.0  # short runs repeat until this much time passed: the min drops CPU noise
+MAX_TEMP_BYTES = 8 << 30  # forms needing more (the quadratic one at long T) are skipped
+
+
+def _inputs(T, seed=0):
+  """float32 inputs at initialisation scale: unit q, k; beta in (0, 1); g ~ -1.5 per step."""
+  rng = np.random.default_rng(seed)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return dict(q=f32(unit(rng.standard_normal((B, T, H, K)))),
+              k=f32(unit(rng.standard_normal((B, T, H, K)))),
+              v=f32(rng.standard_normal((B, T, H, V))),
+              beta=f32(rng.uniform(0.05, 0.95, (B, T, H))),
+              g=f32(-rng.uniform(0.6, 2.5, (B, T, H))),
+              initial_state=f32(rng.standard_normal((B, H, K, V))))
+
+
+def _functions(op, impl):
+  """(forward, forward+backward) taking the dict of inputs."""
+  def forward(x):
+    if op == "linear_attention":
+      return linear_attention(x["q"], x["k"], x["v"], x["g"], impl=impl,
+                              initial_state=x["initial_state"])
+    return gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], impl=impl,
+                            initial_state=x["initial_state"])
+
+  def loss(x):
+    o, final = forward(x)
+    return jnp.sum(o * o) + jnp.sum(final)
+
+  return forward, jax.grad(loss)
+
+
+def _measure(fn, x, reps):
+  compiled = jax.jit(fn).lower(x).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  if temp > MAX_TEMP_BYTES:
+    return None, temp
+  jax.block_until_ready(compiled(x))
+  times = []
+  while len(times) < reps or (sum(times) < MIN_TOTAL_S and len(times) < 50):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(x))
+    times.append(time.perf_counter() - start)
+  return min(times), temp
+
+
+def run(lengths, reps, reference_budget_s):
+  rows = []
+  for op, forms in FORMS.items():
+    for T in lengths:
+      x = _inputs(T)
+      for impl in forms:
+        row = dict(op=op, impl=impl, T=T)
+        for name, fn in zip(("fwd", "fwd_bwd"), _functions(op, impl)):
+          # the sequential reference gets fewer repetitions once one run is long
+          n = reps if impl != "reference" or T * reps <= reference_budget_s * 1000 else 2
+          seconds, temp = _measure(fn, x, n)
+          row[f"{name}_ms"] = None if seconds is None else seconds * 1e3
+          row[f"{name}_temp_mib"] = temp / 2**20
+        rows.append(row)
+        print(_format(row), flush=True)
+  for row in rows:
+    ref = next(r for r in rows if r["op"] == row["op"] and r["T"] == row["T"]
+               and r["impl"] == "reference")
+    for name in ("fwd", "fwd_bwd"):
+      row[f"{name}_speedup"] = (None if row[f"{name}_ms"] is None
+                                else ref[f"{name}_ms"] / row[f"{name}_ms"])
+  return rows
+
+
+def _format(row):
+  cell = lambda v, fmt, unit: f"{'skipped':>12}" if v is None else format(v, fmt) + unit
+  text = (f"{row['op']:<17} {row['impl']:<9} T={row['T']:<5} "
+          f"fwd {cell(row['fwd_ms'], '9.2f', ' ms')} ({row['fwd_temp_mib']:8.1f} MiB)  "
+          f"fwd+bwd {cell(row['fwd_bwd_ms'], '9.2f', ' ms')} ({row['fwd_bwd_temp_mib']:8.1f} MiB)")
+  if "fwd_speedup" in row:
+    text += (f"  speedup vs reference: fwd {cell(row['fwd_speedup'], '6.1f', 'x')}"
+             f"  fwd+bwd {cell(row['fwd_bwd_speedup'], '6.1f', 'x')}")
+  return text
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help=f"T in {QUICK_LENGTHS} only")
+  parser.add_argument("--reps", type=int, default=5, help="at least this many timed runs")
+  parser.add_argument("--reference-budget-s", type=float, default=10.0,
+                      help="cap the reference at 2 repetitions when T * reps exceeds 1000x this")
+  parser.add_argument("--out", default="benchmarks/results/linear_attention.json")
+  args = parser.parse_args()
+  rows = run(QUICK_LENGTHS if args.quick else LENGTHS, args.reps, args.reference_budget_s)
+  print("\nsummary (min over repetitions; temp = XLA compiled temp allocation)")
+  for row in rows:
+    print(_format(row))
+  machine = dict(platform=platform.platform(), processor=platform.processor(),
+                 cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
+                 device=str(jax.devices()[0].device_kind))
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(dict(machine=machine, shape=dict(B=B, H=H, K=K, V=V),
+                                 dtype="float32", rows=rows), indent=2))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()

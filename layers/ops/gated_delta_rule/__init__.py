@@ -1,0 +1,52 @@
+"""Gated delta rule (Gated DeltaNet; g=None is DeltaNet): a delta-rule update of a matrix state."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from layers.ops import _chunk, _common
+from layers.ops.gated_delta_rule import reference, xla
+
+_FORMS = {"reference": reference.gated_delta_rule, "chunk": xla.chunk}
+
+
+def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
+                     g: jax.Array | None = None, *, scale: float | None = None,
+                     initial_state: jax.Array | None = None,
+                     segment_ids: jax.Array | None = None, impl: str = "auto",
+                     chunk_size: int = 64) -> tuple[jax.Array, jax.Array]:
+  """Gated delta rule ("Gated Delta Networks", Yang et al. 2024):
+
+    S = exp(g_t) S_{t-1};  u_t = beta_t (v_t - S^T k_t);  S_t = S + k_t u_t^T;
+    o_t = S_t^T (scale q_t).
+
+  The op applies no sigmoid or L2 norm: callers pass beta in (0, 1) and L2-normalised q, k.
+
+  Args:
+    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H] write strength.
+    g: [B, T, H] log decay (<= 0) per head and step; None for DeltaNet (no decay).
+    scale: multiplies q only; default K**-0.5.
+    initial_state: S_{-1}, [B, H, K, V] (zeros when None); it feeds the first segment of each
+      row, later segments start from zero.
+    segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
+    impl: "reference" (lax.scan over time) | "chunk" (WY/UT transform within chunks, state
+      passed between them) | "auto".
+    chunk_size: C for "chunk" (T is padded to a multiple of C internally).
+  Returns:
+    o: [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in the accumulation dtype
+    (float32 or wider).
+  """
+  op = "gated_delta_rule"
+  out_dtype = jnp.result_type(v)
+  q, k, v, gates, h0, resets = _chunk.prepare(
+      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids, chunk_size)
+  form = _FORMS[_common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="chunk")]
+  if form is xla.chunk:
+    form = functools.partial(form, chunk_size=chunk_size)
+  o, final = form(q, k, v, gates["beta"], gates["g"], h0, resets)
+  return o.astype(out_dtype), final
+
+
+__all__ = ["gated_delta_rule"]

@@ -1,0 +1,105 @@
+"""The selective scan of Mamba (S6): a diagonal SSM whose dt, B and C depend on the input."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+from layers.ops import _common
+from layers.ops.selective_scan import reference, xla
+
+_FORMS = {"reference": reference.selective_scan, "chunk": xla.chunk}
+
+
+def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids,
+                  chunk_size):
+  """Raises a ValueError naming the first badly shaped input; returns (B, T, Dm, G, N)."""
+  _common.check_rank(op, "u", u, 3, "[B, T, Dm]")
+  batch, length, width = jnp.shape(u)
+  for name, x in (("delta", delta), ("z", z)):
+    if x is not None:
+      _common.check_shape(op, name, x, (batch, length, width), "[B, T, Dm] like u")
+  _common.check_rank(op, "A", A, 2, "[Dm, N]")
+  state = jnp.shape(A)[1]
+  _common.check_shape(op, "A", A, (width, state), "[Dm, N]")
+  if jnp.ndim(B) not in (3, 4):
+    raise ValueError(f"{op}: B must have shape [B, T, N] or [B, T, G, N]; "
+                     f"got shape {tuple(jnp.shape(B))}")
+  groups = 1 if jnp.ndim(B) == 3 else jnp.shape(B)[2]
+  if groups < 1 or width % groups:
+    raise ValueError(f"{op}: the number of groups G={groups} of B and C must divide "
+                     f"Dm={width}")
+  layout = "[B, T, N]" if jnp.ndim(B) == 3 else "[B, T, G, N]"
+  grouped = (batch, length) + ((groups,) if jnp.ndim(B) == 4 else ()) + (state,)
+  _common.check_shape(op, "B", B, grouped, layout)
+  _common.check_shape(op, "C", C, grouped, f"{layout} like B")
+  for name, x in (("D", D), ("delta_bias", delta_bias)):
+    if x is not None:
+      _common.check_shape(op, name, x, (width,), "[Dm]")
+  if initial_state is not None:
+    _common.check_shape(op, "initial_state", initial_state, (batch, width, state),
+                        "[B, Dm, N]")
+  _common.check_segment_ids(op, segment_ids, batch, length)
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}")
+  return batch, length, width, groups, state
+
+
+def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
+                   D: jax.Array | None = None, z: jax.Array | None = None,
+                   delta_bias: jax.Array | None = None, delta_softplus: bool = False,
+                   initial_state: jax.Array | None = None,
+                   segment_ids: jax.Array | None = None, *, impl: str = "auto",
+                   chunk_size: int = 64) -> tuple[jax.Array, jax.Array]:
+  """Mamba's S6 (ZOH for A, Euler for B), per channel d and state index n:
+
+    dt_t = softplus?(delta_t + delta_bias),
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = (C_t . h_t + D u_t) * silu(z_t).
+
+  Args:
+    u, delta: [B, T, Dm]; A: [Dm, N] (real, negative).
+    B, C: [B, T, N], or grouped [B, T, G, N] where channel d uses group d // (Dm / G).
+    D: [Dm] skip (none when None); z: [B, T, Dm] gate (none when None).
+    delta_bias: [Dm] added to delta; delta_softplus: apply softplus to delta + delta_bias.
+    initial_state: h_{-1}, [B, Dm, N] (zeros when None); it feeds the first segment of each
+      row, later segments start from zero.
+    segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
+    impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
+      `chunk_size`, state carried across them, chunks rematerialised) | "auto" (reference
+      on CPU, chunk on GPU/TPU).
+  Returns:
+    y: [B, T, Dm] in u's dtype, and the final state h_T [B, Dm, N] in the accumulation dtype
+    (float32 or wider).
+  """
+  op = "selective_scan"
+  batch, length, width, groups, state = _check_inputs(
+      op, u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids, chunk_size)
+  # On CPU the sequential scan is faster forward and backward at every T measured (see
+  # benchmarks/selective_scan.py); chunk keeps the backward memory O(T / C) states.
+  name = _common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="reference",
+                              accelerator_default="chunk")
+  form = _FORMS[name]
+  if name == "chunk":
+    form = functools.partial(form, chunk_size=chunk_size)
+  optional = [x for x in (D, z, delta_bias, initial_state) if x is not None]
+  dtype = _common.accumulation_dtype(u, delta, A, B, C, *optional)
+  u, delta, A, B, C = (x.astype(dtype) for x in (u, delta, A, B, C))
+  dt = delta if delta_bias is None else delta + delta_bias.astype(dtype)[None, None]
+  if delta_softplus:
+    dt = jax.nn.softplus(dt)
+  if jnp.ndim(B) == 3:
+    B, C = B[:, :, None], C[:, :, None]
+  h0 = (jnp.zeros((batch, width, state), dtype) if initial_state is None
+        else initial_state.astype(dtype))
+  split = functools.partial(rearrange, pattern="... (g c) -> ... g c", g=groups)
+  y, final = form(split(u), split(dt), rearrange(A, "(g c) n -> g c n", g=groups), B, C,
+                  rearrange(h0, "b (g c) n -> b g c n", g=groups),
+                  _common.segment_starts(segment_ids, batch, length))
+  y = rearrange(y, "b t g c -> b t (g c)")
+  if D is not None:
+    y = y + jnp.einsum("btd,d->btd", u, D.astype(dtype))
+  if z is not None:
+    y = y * jax.nn.silu(z.astype(dtype))
+  return y.astype(jnp.result_type(u)), rearrange(final, "b g c n -> b (g c) n")
