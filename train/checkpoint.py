@@ -40,6 +40,8 @@ class Checkpointer:
     self.manager.close()
 
 
-def abstract(tree):
-  """Shapes and dtypes of `tree`, what `restore` needs."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def abstract(shapes, shardings):
+  """What `restore` needs: the shapes and dtypes of the state with the shardings to restore
+  into (a checkpoint written on any mesh restores onto these)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)

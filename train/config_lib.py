@@ -1,8 +1,9 @@
 """Building blocks of the run configs in `configs/` and the checks that stop a bad config
 before anything is compiled.
 
-A config has four sections: `task` (name + options of the task), `model` (mixer or block
-pattern, sizes), `opt` (optimizer) and `run` (steps, batch, eval, logging, checkpoints).
+A config has five sections: `task` (name + options of the task), `model` (mixer or block
+pattern, sizes), `opt` (optimizer), `mesh` (device mesh axis sizes) and `run` (steps, batch,
+eval, logging, checkpoints).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 
 
 def base_config(model: str, size: str) -> ml_collections.ConfigDict:
-  """Model, optimizer and run defaults shared by every config (the task is added by it)."""
+  """Model, optimizer, mesh and run defaults shared by every config (the task is added by
+  it)."""
   if size not in SIZES:
     raise ValueError(f"config argument size={size!r}: expected one of {', '.join(SIZES)}")
   d_model, n_layers = SIZES[size]
@@ -56,6 +58,11 @@ def base_config(model: str, size: str) -> ml_collections.ConfigDict:
       grad_accum_steps=1,
       ssm_pattern=r"(log_dt|log_A_real|A_imag|A_log|dt_bias)$",
       no_decay_pattern=r"(norm|bias|embed|scale)",
+  ))
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                 # data parallel; -1: all devices not used by the other axes
+      fsdp=1,                  # parameters sharded along their largest divisible axis
+      model=1,
   ))
   config.run = ml_collections.ConfigDict(dict(
       steps=1000,

@@ -13,7 +13,7 @@ import optax
 from tqdm.auto import tqdm
 
 from seqmodels import Backbone, build_model
-from train import checkpoint, config_lib, optim
+from train import checkpoint, config_lib, optim, sharding
 from train.metrics import MetricsWriter
 from train.tasks import build_task
 
@@ -49,9 +49,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   task, model, tx, lr_schedule = build(config)
   run = config.run
+  is_chief = jax.process_index() == 0  # the process that writes logs
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
 
   train_data = task.dataset("train", run.batch_size)
   eval_data = task.dataset("eval", run.batch_size, run.eval_batches * run.batch_size)
@@ -63,12 +65,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.key_data(rng))
 
+  mesh = sharding.make_mesh(config.mesh)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if run.batch_size % batch_shards:
+    raise ValueError(f"run.batch_size={run.batch_size} must be divisible by mesh data x fsdp "
+                     f"= {batch_shards}")
+  abstract_state = jax.eval_shape(init, jax.random.key(run.seed))
+  state_shardings = sharding.state_shardings(abstract_state, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  to_device = lambda batch: sharding.global_batch(batch, batch_sharding)
+
   ckpt = checkpoint.Checkpointer(workdir, run.checkpoint_every, run.keep_checkpoints)
   data_iter = iter(train_data.to_iter_dataset())
-  abstract_state = jax.eval_shape(init, jax.random.key(run.seed))
-  restored = ckpt.restore(checkpoint.abstract(abstract_state))
+  restored = ckpt.restore(checkpoint.abstract(abstract_state, state_shardings))
   if restored is None:
-    state = jax.jit(init)(jax.random.key(run.seed))
+    state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(run.seed))
   else:
     state, data_state = restored
     data_iter.set_state(data_state)
@@ -77,9 +89,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def loss_fn(params, batch, rng):
     return task.loss_and_metrics(task.logits(model, params, batch), batch)
 
-  @jax.jit
-  def eval_step(params, batch):
-    return loss_fn(params, batch, None)[1]
+  eval_step = jax.jit(lambda params, batch: loss_fn(params, batch, None)[1],
+                      in_shardings=(state_shardings.params, batch_sharding),
+                      out_shardings=replicated)
 
   def train_step(state, batch):
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -88,18 +100,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
     return TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng)), metrics
-  train_step = jax.jit(train_step, donate_argnums=0)
+  train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def evaluate(params):
     totals = None
     for j in range(run.eval_batches):
-      m = eval_step(params, jax.tree.map(jnp.asarray, eval_data[j]))
+      m = eval_step(params, to_device(eval_data[j]))
       totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-    return {f"eval_{k}": float(v) / run.eval_batches for k, v in totals.items()}
+    return {f"eval_{k}": float(v) / run.eval_batches
+            for k, v in sharding.to_host(totals).items()}
 
-  writer = MetricsWriter(workdir, start)
+  writer = MetricsWriter(workdir, start, enabled=is_chief)
   tokens_per_step = run.batch_size * example["inputs"].shape[1]
-  bar = tqdm(total=run.steps, initial=start, disable=not run.progress, desc="train",
+  bar = tqdm(total=run.steps, initial=start, disable=not (run.progress and is_chief), desc="train",
              dynamic_ncols=True)
   pending, last_time, eval_metrics = None, time.perf_counter(), {}
 
@@ -107,7 +121,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Reads back the metrics of a dispatched step, stops on NaN/inf, logs them."""
     nonlocal last_time
     step, metrics = pending
-    metrics = jax.device_get(metrics)
+    metrics = sharding.to_host(metrics)
     if not all(map(jnp.isfinite, (metrics["loss"], metrics["grad_norm"]))):
       raise NonFiniteError(f"non-finite loss or gradients at step {step} "
                            f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
@@ -123,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   try:
     for step in range(start + 1, run.steps + 1):
-      batch = jax.tree.map(jnp.asarray, next(data_iter))
+      batch = to_device(next(data_iter))
       state, metrics = train_step(state, batch)
       if pending is not None:
         finish(pending)  # step - 1's metrics, read while this step runs
@@ -136,8 +150,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step % run.eval_every == 0 or step == run.steps:
           eval_metrics = evaluate(state.params)
           writer.write(step, eval_metrics)
-          bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in
-                                                 eval_metrics.items()))
+          if is_chief:
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                                   eval_metrics.items()))
   finally:
     bar.close()
     ckpt.close()

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,6 +22,10 @@ from train.loop import train_and_evaluate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/...).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -51,6 +56,19 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
       node = node[part]
 
 
+def initialize_distributed(coordinator_address: str, num_processes: int,
+                           process_id: int) -> None:
+  """Joins a multi-process run (one process per host); on CPU the collectives go through
+  gloo. Must run before any other JAX call."""
+  if jax.config.jax_platforms in (None, "", "cpu") and not _has_accelerator():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _has_accelerator() -> bool:
+  return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/accel0"))
+
+
 def _config_spec(argv: list[str]) -> str | None:
   """The value of --config (as `--config=X` or `--config X`)."""
   for i, arg in enumerate(argv):
@@ -78,6 +96,8 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if _NUM_PROCESSES.value > 1:
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # config errors found by validation: one line, no traceback

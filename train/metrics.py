@@ -9,9 +9,13 @@ from tensorboardX import SummaryWriter
 
 
 class MetricsWriter:
-  """Writes {step, name: value} records to `workdir/metrics.jsonl` and `workdir/tb/`."""
+  """Writes {step, name: value} records to `workdir/metrics.jsonl` and `workdir/tb/` (on the
+  chief process; elsewhere `enabled=False` makes it write nothing)."""
 
-  def __init__(self, workdir: str, start_step: int):
+  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
     self.path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -22,6 +26,8 @@ class MetricsWriter:
     self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
     record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     self.file.write(json.dumps(record) + "\n")
     self.file.flush()
@@ -30,6 +36,8 @@ class MetricsWriter:
         self.tb.add_scalar(name, value, step)
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self.file.close()
     self.tb.close()
 
