@@ -2,12 +2,18 @@
 registered mixer, beside this machine's jitted float32 matmul FLOP/s measured in the same run.
 
   python -m benchmarks.train_step [--quick] [--out benchmarks/results/train_step.json]
+  python -m benchmarks.train_step --data_parallel [--quick]
 
 FLOPs per step come from XLA's cost analysis of the compiled step (forward, backward, AdamW).
+--data_parallel instead times the same global batch on 1 device and split over 8 (virtual CPU
+devices here: the process restarts itself with 8 host devices).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +50,48 @@ def step_fn(mixer: str, batch: int, length: int):
   return jax.jit(train_step, donate_argnums=(0, 1)), params, tx.init(params), tokens
 
 
+def data_parallel(args, length: int) -> None:
+  """Step time of one global batch of 8 on 1 device vs split over 8 devices."""
+  if jax.device_count() < 8:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    sys.exit(subprocess.run([sys.executable, "-m", "benchmarks.train_step", *sys.argv[1:]],
+                            env=env).returncode)
+  rows = []
+  for mixer in args.mixers.split(","):
+    step, params, opt_state, tokens = step_fn(mixer, 8, length)
+    params, opt_state = jax.device_get((params, opt_state))  # host copies: steps donate
+    row = {"mixer": mixer, "B": 8, "T": length}
+    for devices, data in (("1_device", 1), ("8_devices", 8)):
+      mesh = jax.make_mesh((data,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                           devices=jax.devices()[:data])
+      place = lambda tree, spec: jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
+      state = [place(params, jax.P()), place(opt_state, jax.P())]
+      batch = place(tokens, jax.P("data"))
+
+      def run(batch):
+        state[:] = step(*state, batch)
+        return state[0]
+      row[f"{devices}_ms"] = 1e3 * common.time_fn(run, batch, repeats=3)
+    row["speedup_8_vs_1"] = row["1_device_ms"] / row["8_devices_ms"]
+    rows.append(row)
+    print(f"  {mixer}: 1 device {row['1_device_ms']:.1f} ms, 8 devices "
+          f"{row['8_devices_ms']:.1f} ms", flush=True)
+  print(f"\n{os.cpu_count()} CPU cores: the 8 virtual devices share them.")
+  common.print_table(rows, ["mixer", "B", "T", "1_device_ms", "8_devices_ms", "speedup_8_vs_1"])
+  common.write_json(args.out.replace(".json", "_data_parallel.json"), "train_step_dp", rows)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--quick", action="store_true", help="T=256 and batch 1")
   parser.add_argument("--out", default="benchmarks/results/train_step.json")
   parser.add_argument("--mixers", default=",".join(m for m in registry.MIXERS if m != "none"))
+  parser.add_argument("--data_parallel", action="store_true",
+                      help="1 vs 8 devices at the same global batch")
   args = parser.parse_args()
   batch, length = (1, 256) if args.quick else (2, 1024)
+  if args.data_parallel:
+    return data_parallel(args, length)
   peak = matmul_flops_per_s()
   print(f"float32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s")
   rows = []

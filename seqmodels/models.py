@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import linen as nn
 
 from seqmodels.backbone import Backbone
@@ -45,30 +46,50 @@ class LanguageModel(nn.Module):
 
 class Classifier(nn.Module):
   """logits = W pool(Backbone(inputs)) + b over the tokens with segment id != 0 (all tokens
-  when segment_ids is None): "mean" pooling averages them, "last" takes the last one."""
+  when segment_ids is None): "mean" pooling averages them, "last" takes the last one.
+
+  two_tower=True (LRA retrieval, Tay et al. 2021): inputs hold two sequences, both encoded by
+  the one backbone and pooled to h1, h2; logits = MLP([h1, h2, h1 * h2, h1 - h2]) with
+  hidden widths D and D/2 and ReLU.
+  """
   backbone: Backbone
   num_classes: int
   pooling: str = "mean"
+  two_tower: bool = False
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"Classifier: unknown pooling={self.pooling!r}; expected one of "
                        f"{POOLINGS}")
-    self.head = nn.Dense(self.num_classes, param_dtype=self.backbone.param_dtype)
+    dense = lambda n: nn.Dense(n, param_dtype=self.backbone.param_dtype)
+    d_model = self.backbone.d_model
+    self.head = (nn.Sequential([dense(d_model), nn.relu, dense(d_model // 2), nn.relu,
+                                dense(self.num_classes)])
+                 if self.two_tower else dense(self.num_classes))
 
-  def __call__(self, inputs, segment_ids=None):
-    """inputs: [B, T] tokens or [B, T, F] features -> logits: [B, num_classes] (float32 or wider)."""
+  def _pool(self, inputs, segment_ids):
+    """[B, T] tokens or [B, T, F] -> pooled features [B, D] (float32 or wider)."""
     h, _ = self.backbone(inputs, None, segment_ids)
     B, T, _ = h.shape
     valid = jnp.ones((B, T), bool) if segment_ids is None else segment_ids != 0
     h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
     if self.pooling == "mean":
       weights = valid / jnp.maximum(valid.sum(1, keepdims=True), 1)
-      pooled = jnp.einsum("bt,btd->bd", weights, h)
-    else:
-      last = T - 1 - jnp.argmax(valid[:, ::-1], axis=1)
-      pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-    return self.head(pooled)
+      return jnp.einsum("bt,btd->bd", weights, h)
+    last = T - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+    return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+
+  def __call__(self, inputs, segment_ids=None):
+    """inputs: [B, T] tokens or [B, T, F] features ([B, 2, T] or [B, 2, T, F] two-tower),
+    segment_ids: [B, T] ([B, 2, T]) -> logits: [B, num_classes] (float32 or wider)."""
+    if not self.two_tower:
+      return self.head(self._pool(inputs, segment_ids))
+    if inputs.shape[1] != 2:
+      raise ValueError(f"Classifier: two_tower inputs must be [B, 2, T] or [B, 2, T, F]; got "
+                       f"shape {inputs.shape}")
+    towers = lambda x: None if x is None else rearrange(x, "b s t ... -> (b s) t ...")
+    h = rearrange(self._pool(towers(inputs), towers(segment_ids)), "(b s) d -> s b d", s=2)
+    return self.head(jnp.concatenate([h[0], h[1], h[0] * h[1], h[0] - h[1]], axis=-1))
 
 
 ARCHITECTURES = {"lm": LanguageModel, "classifier": Classifier}

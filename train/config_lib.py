@@ -31,12 +31,12 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return options
 
 
-def base_config(model: str, size: str) -> ml_collections.ConfigDict:
+def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.ConfigDict:
   """Model, optimizer, mesh and run defaults shared by every config (the task is added by
-  it)."""
-  if size not in SIZES:
-    raise ValueError(f"config argument size={size!r}: expected one of {', '.join(SIZES)}")
-  d_model, n_layers = SIZES[size]
+  it); `sizes` maps size names to (d_model, n_layers)."""
+  if size not in sizes:
+    raise ValueError(f"config argument size={size!r}: expected one of {', '.join(sizes)}")
+  d_model, n_layers = sizes[size]
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(
       mixer=model,             # a mixer or block pattern name from seqmodels.registry
@@ -75,6 +75,27 @@ def base_config(model: str, size: str) -> ml_collections.ConfigDict:
       keep_checkpoints=2,
       progress=True,           # tqdm progress bar
   ))
+  return config
+
+
+def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collections.ConfigDict:
+  """A Long Range Arena run (configs/lra/): `arg` picks model= (default s4d) and size= among
+  `sizes` (the first is the default); `task` holds the task's options. Each size gives
+  d_model, n_layers, mixer_kwargs ({mixer: options}, kept for the mixers the model uses), lr,
+  ssm_lr, weight_decay, batch_size, steps, eval_every, eval_batches. Warmup is 1% of the
+  steps, then a cosine decay to 0; checkpoints at every eval."""
+  options = parse_arg(arg, model="s4d", size=next(iter(sizes)))
+  config = base_config(options["model"], options["size"],
+                       {name: (h["d_model"], h["n_layers"]) for name, h in sizes.items()})
+  h = sizes[options["size"]]
+  used = registry.get_pattern(options["model"])
+  config.model.mixer_kwargs = ml_collections.ConfigDict(
+      {name: kwargs for name, kwargs in h["mixer_kwargs"].items() if name in used})
+  config.task = ml_collections.ConfigDict({"pooling": "mean", "seed": 0, **task})
+  config.opt.update(lr=h["lr"], ssm_lr=h["ssm_lr"], weight_decay=h["weight_decay"],
+                    warmup_steps=max(1, h["steps"] // 100), final_lr_ratio=0.0)
+  config.run.update(steps=h["steps"], batch_size=h["batch_size"], eval_every=h["eval_every"],
+                    eval_batches=h["eval_batches"], checkpoint_every=h["eval_every"])
   return config
 
 

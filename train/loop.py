@@ -39,6 +39,16 @@ def build(config):
   return task, model, tx, lr_schedule
 
 
+def make_init(model, tx, inputs):
+  """rng -> the initial TrainState of `model` (parameters shaped by example `inputs`)."""
+  def init(rng):
+    params_rng, rng = jax.random.split(rng)
+    params = model.init(params_rng, inputs, None)["params"]
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                      jax.random.key_data(rng))
+  return init
+
+
 class NonFiniteError(FloatingPointError):
   """The loss or the gradients became NaN/inf."""
 
@@ -59,12 +69,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_data = task.dataset("eval", run.batch_size, run.eval_batches * run.batch_size)
   example = jax.tree.map(jnp.asarray, eval_data[0])
 
-  def init(rng):
-    params_rng, rng = jax.random.split(rng)
-    params = model.init(params_rng, example["inputs"], None)["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                      jax.random.key_data(rng))
-
+  init = make_init(model, tx, example["inputs"])
   mesh = sharding.make_mesh(config.mesh)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if run.batch_size % batch_shards:
@@ -112,7 +117,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             for k, v in sharding.to_host(totals).items()}
 
   writer = MetricsWriter(workdir, start, enabled=is_chief)
-  tokens_per_step = run.batch_size * example["inputs"].shape[1]
+  tokens_per_step = example["inputs"].size  # [B, T], or [B, 2, T] for two towers
   bar = tqdm(total=run.steps, initial=start, disable=not (run.progress and is_chief), desc="train",
              dynamic_ncols=True)
   pending, last_time, eval_metrics = None, time.perf_counter(), {}

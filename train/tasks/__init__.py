@@ -1,11 +1,19 @@
 """Tasks by name: each builds its grain datasets and declares its loss and metrics."""
-from train.tasks.base import Task
+from train.tasks.base import GeneratedTask, Task
+from train.tasks.lra import Image, ListOps, Pathfinder, Retrieval, Text
 from train.tasks.synthetic import InductionHeads, MQAR, SelectiveCopying
+from train.tasks.text import CharLM
 
 TASKS: dict[str, type[Task]] = {
     "mqar": MQAR,
     "selective_copying": SelectiveCopying,
     "induction_heads": InductionHeads,
+    "chars": CharLM,
+    "listops": ListOps,
+    "text": Text,
+    "retrieval": Retrieval,
+    "image": Image,
+    "pathfinder": Pathfinder,  # Path-X: resolution=128
 }
 
 
@@ -18,4 +26,4 @@ def build_task(config) -> Task:
   return TASKS[name](**options)
 
 
-__all__ = ["TASKS", "Task", "build_task"]
+__all__ = ["TASKS", "GeneratedTask", "Task", "build_task"]

@@ -11,13 +11,21 @@ import numpy as np
 import optax
 
 
+def generated_examples(make, seed: int, stream: int) -> grain.MapDataset:
+  """Endless examples drawn from their index: example i is make(rng) with rng seeded by
+  (seed, stream, i)."""
+  return grain.MapDataset.range(2**62).map(
+      lambda i: make(np.random.default_rng([seed, stream, int(i)])))
+
+
 @dataclasses.dataclass(frozen=True)
 class Task(abc.ABC):
   """A task whose example i of a split is a pure function of (seed, split, i).
 
-  Examples are dicts of numpy arrays: `inputs` [T] int tokens, `targets` [T] int and
-  `weights` [T] float (1 where the loss counts). Subclasses add a `vocab_size` field and
-  implement `example`.
+  Examples are dicts of numpy arrays. Language-model tasks: `inputs` [T] int tokens,
+  `targets` [T] int and `weights` [T] float (1 where the loss counts); classification tasks
+  (train/tasks/lra.py) have their own layout. Subclasses add a `vocab_size` field and
+  implement `examples`.
   """
   seed: int = 0
 
@@ -26,18 +34,22 @@ class Task(abc.ABC):
   SPLITS = {"train": 0, "eval": 1}
 
   @abc.abstractmethod
-  def example(self, rng: np.random.Generator) -> dict:
-    """One example drawn from `rng`."""
+  def examples(self, split: str) -> grain.MapDataset:
+    """The examples of `split` in order (the train split endless)."""
 
   def dataset(self, split: str, batch_size: int, num_examples: int | None = None):
     """A grain MapDataset of batches; batch j holds examples j*B .. (j+1)*B - 1 of `split`
-    (an endless stream when `num_examples` is None)."""
+    (all of them when `num_examples` is None: an endless stream for training)."""
     if split not in self.SPLITS:
       raise ValueError(f"{type(self).__name__}: unknown split {split!r}; known: "
                        f"{', '.join(self.SPLITS)}")
-    stream = self.SPLITS[split]
-    ds = grain.MapDataset.range(num_examples if num_examples is not None else 2**62)
-    ds = ds.map(lambda i: self.example(np.random.default_rng([self.seed, stream, int(i)])))
+    ds = self.examples(split)
+    if num_examples is not None:
+      if len(ds) < num_examples:
+        raise ValueError(f"{type(self).__name__}: the {split} split has {len(ds)} examples, "
+                         f"fewer than the {num_examples} asked for (run.eval_batches * "
+                         "run.batch_size)")
+      ds = ds[:num_examples]
     return ds.batch(batch_size, drop_remainder=True)
 
   def model_kwargs(self) -> dict:
@@ -62,3 +74,15 @@ class Task(abc.ABC):
     loss = (ce * weights).sum() / total
     correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
     return loss, {"loss": loss, "accuracy": (correct * weights).sum() / total}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedTask(Task):
+  """A task whose examples are generated from their index: every split is endless."""
+
+  @abc.abstractmethod
+  def example(self, rng: np.random.Generator) -> dict:
+    """One example drawn from `rng`."""
+
+  def examples(self, split):
+    return generated_examples(self.example, self.seed, self.SPLITS[split])

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from train.tasks.base import Task
+from train.tasks.base import GeneratedTask
 
 
 def _fields_check(name: str, condition: bool, message: str) -> None:
@@ -18,7 +18,7 @@ def _fields_check(name: str, condition: bool, message: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class MQAR(Task):
+class MQAR(GeneratedTask):
   """Multi-query associative recall (Arora et al. 2023, Zoology; BASED).
 
   The sequence starts with `num_pairs` key-value pairs (keys drawn without replacement from
@@ -57,7 +57,7 @@ class MQAR(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectiveCopying(Task):
+class SelectiveCopying(GeneratedTask):
   """Selective copying (Gu & Dao 2023, Mamba, section 4.1.1).
 
   `num_tokens` data tokens (from 1 .. vocab_size - 2) sit at random positions of a region of
@@ -85,7 +85,7 @@ class SelectiveCopying(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class InductionHeads(Task):
+class InductionHeads(GeneratedTask):
   """Induction heads (Olsson et al. 2022; Mamba section 4.1.2).
 
   Random tokens from 1 .. vocab_size - 2; the trigger token (vocab_size - 1) appears once at

@@ -1,0 +1,1 @@
+"""Data files: readers of released benchmark formats and generators that write them."""

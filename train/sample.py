@@ -1,0 +1,64 @@
+"""Samples text from a trained byte-level language model (e.g. configs/lm/chars.py).
+
+  python -m train.sample --workdir runs/chars --prompt "Call me Ishmael." --max_new_tokens 300 \
+      [--temperature 0.8 --top_p 0.95 --seed 0]
+
+Rebuilds the model from `workdir/config.json`, restores the latest checkpoint's parameters
+and continues the prompt with `seqmodels.generate`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from seqmodels import Sampler, generate
+from train import checkpoint, sharding
+from train.loop import build, make_init
+
+
+def load(workdir: str):
+  """(config, model, params, step) of the latest checkpoint in `workdir`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no config.json in {workdir!r}: not a training workdir")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  _, model, tx, _ = build(config)
+  init = make_init(model, tx, jnp.zeros((1, 8), jnp.int32))
+  abstract_state = jax.eval_shape(init, jax.random.key(0))
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "model": 1})
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=config.run.keep_checkpoints)
+  restored = ckpt.restore(checkpoint.abstract(abstract_state,
+                                              sharding.state_shardings(abstract_state, mesh)))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir!r}/checkpoints")
+  state, _ = restored
+  return config, model, state.params, int(state.step)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--prompt", default="Call me Ishmael.")
+  parser.add_argument("--max_new_tokens", type=int, default=300)
+  parser.add_argument("--temperature", type=float, default=0.8)
+  parser.add_argument("--top_p", type=float, default=0.95)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  _, model, params, step = load(args.workdir)
+  prompt = jnp.asarray([list(args.prompt.encode("utf-8"))], jnp.int32)
+  tokens = generate(model, {"params": params}, prompt, args.max_new_tokens,
+                    jax.random.key(args.seed), Sampler(args.temperature, top_p=args.top_p))
+  text = bytes(int(t) for t in tokens[0]).decode("utf-8", errors="replace")
+  print(f"[step {step}] {args.prompt}{text}")
+
+
+if __name__ == "__main__":
+  main()
