@@ -57,7 +57,7 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
       clip_norm=1.0,
       grad_accum_steps=1,
       ssm_pattern=r"(log_dt|log_A_real|A_imag|A_log|dt_bias)$",
-      no_decay_pattern=r"(norm|bias|embed|scale)",
+      no_decay_pattern=r"(norm|bias|embed|scale|/D$)",  # D: the SSM skip (S4D, Mamba)
   ))
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                 # data parallel; -1: all devices not used by the other axes

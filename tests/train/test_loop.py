@@ -126,6 +126,7 @@ def test_config_errors_are_one_line(tmp_path, args, message):
 def test_optimizer_groups_and_schedule():
   opt = config_lib.base_config("s4d", "tiny").opt
   params = {"blocks_0": {"mixer": {"log_dt": jnp.zeros(3), "A_imag": jnp.zeros(3),
+                                   "D": jnp.zeros(3), "Dense_0": {"kernel": jnp.zeros(3)},
                                    "out_proj": {"kernel": jnp.zeros((3, 3)),
                                                 "bias": jnp.zeros(3)}},
                          "mixer_norm": {"scale": jnp.zeros(3)}},
@@ -133,6 +134,8 @@ def test_optimizer_groups_and_schedule():
   labels = optim.param_labels(params, opt.ssm_pattern, opt.no_decay_pattern)
   assert labels["blocks_0"]["mixer"]["log_dt"] == "ssm"
   assert labels["blocks_0"]["mixer"]["A_imag"] == "ssm"
+  assert labels["blocks_0"]["mixer"]["D"] == "no_decay"
+  assert labels["blocks_0"]["mixer"]["Dense_0"]["kernel"] == "default"
   assert labels["blocks_0"]["mixer"]["out_proj"] == {"kernel": "default", "bias": "no_decay"}
   assert labels["blocks_0"]["mixer_norm"]["scale"] == "no_decay"
   assert labels["embed"]["embedding"] == "no_decay"

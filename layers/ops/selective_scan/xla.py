@@ -11,15 +11,19 @@ def chunk(u, dt, A, B, C, h0, resets, chunk_size):
 
   A `lax.scan` over chunks of C steps whose rematerialised body runs the elementwise
   associative scan h_i = a_i h_{i-1} + b_i, a = exp(dt A), b = dt B u, from the state
-  entering the chunk; only the [B, C, Dm, N] states of one chunk ever exist, forward or
+  entering the chunk; only the [C, B, Dm, N] states of one chunk ever exist, forward or
   backward. A segment start zeroes its a; padding (u = dt = 0) gives a = 1, b = 0.
   """
   def body(state, xs):
-    u, dt, B, C, resets = xs  # [B, G, C, Dc], [B, G, C, Dc], [B, G, C, N] x 2, [B, 1, C]
-    a = jnp.exp(jnp.einsum("bglc,gcn->blgcn", dt, A))
-    b = jnp.einsum("bglc,bgln->blgcn", dt * u, B)
-    resets = rearrange(resets, "b 1 l -> b l 1 1 1")
-    h, final = linear_scan_xla.linear_scan(a, b, state, resets)
-    return final, jnp.einsum("blgcn,bgln->bglc", h, C)
+    u, dt, B, C, resets = xs  # [B, G, C, Dc] (u, dt), [B, G, C, N] (B, C), [B, 1, C]
+    a = jnp.exp(jnp.einsum("bglc,gcn->lbgcn", dt, A))
+    b = jnp.einsum("bglc,bgln->lbgcn", dt * u, B)
+    resets = jnp.broadcast_to(rearrange(resets, "b 1 l -> l b 1 1 1"), a.shape)
+    # One time-major row [1, C, B * G * Dc * N]: contiguous slices make the associative scan
+    # about 2.5x faster on CPU than scanning axis 1 of [B, C, G, Dc, N].
+    row = lambda x: x.reshape(1, a.shape[0], -1)
+    h, final = linear_scan_xla.linear_scan(row(a), row(b), state.reshape(1, -1), row(resets))
+    y = jnp.einsum("lbgcn,bgln->bglc", h.reshape(a.shape), C)
+    return final.reshape(state.shape), y
 
   return _chunk.scan_chunks(body, h0, (u, dt, B, C, resets[..., None]), chunk_size)
