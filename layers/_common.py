@@ -30,3 +30,11 @@ def segment_positions(segment_ids: jax.Array | None, batch: int,
   t = jnp.arange(length)[None]
   first = lax.cummax(jnp.where(starts, t, 0), axis=1)
   return jnp.cumsum(starts, axis=1), t - first
+
+
+def state_bytes(module, batch_size: int = 1, max_len: int = 1) -> int:
+  """Bytes of the recurrent state `module.init_state(batch_size, max_len)` of any mixer (or
+  backbone), from shapes alone: nothing is allocated or computed."""
+  state = jax.eval_shape(lambda: module.init_with_output(
+      jax.random.key(0), batch_size, max_len, method="init_state")[0])
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

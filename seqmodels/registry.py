@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from flax import linen as nn
 
-from layers import S4D, Attention, MinGRU, MinLSTM, NoMixer
+from layers import S4D, Attention, Mamba, Mamba2, MinGRU, MinLSTM, NoMixer
+from layers import BaseConv, Based, DeltaNet, GatedDeltaNet, RetNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,25 +21,42 @@ class MixerSpec:
   defaults: Callable[[int], dict] = lambda d_model: {}
 
 
-def _attention_defaults(window=None):
+def _heads(max_head_dim=64, **options):
+  """Defaults head_dim = min(d_model, max_head_dim), num_heads = d_model // head_dim, plus
+  `options`."""
   def defaults(d_model):
-    head_dim = min(d_model, 64)
-    return {"num_heads": max(1, d_model // head_dim), "head_dim": head_dim, "window": window}
+    head_dim = min(d_model, max_head_dim)
+    return {"num_heads": max(1, d_model // head_dim), "head_dim": head_dim, **options}
   return defaults
 
 
 MIXERS: dict[str, MixerSpec] = {
-    "attention": MixerSpec(Attention, _attention_defaults()),
-    "swa": MixerSpec(Attention, _attention_defaults(window=64)),
+    "attention": MixerSpec(Attention, _heads()),
+    "swa": MixerSpec(Attention, _heads(window=64)),
     "s4d": MixerSpec(S4D),
     "mingru": MixerSpec(MinGRU),
     "minlstm": MixerSpec(MinLSTM),
+    "mamba": MixerSpec(Mamba),  # d_state 16, expand 2, dt_rank ceil(d_model / 16)
+    "mamba2": MixerSpec(Mamba2, lambda d_model: {"head_dim": min(64, d_model)}),
+    # key head dim 256 (the paper's), value head dim 2x
+    "retnet": MixerSpec(RetNet, lambda d_model: {"num_heads": max(1, d_model // 256)}),
+    "based": MixerSpec(Based, _heads()),  # Taylor linear attention, feature dim 16
+    "baseconv": MixerSpec(BaseConv),  # expand 2, width 3
+    "gated_deltanet": MixerSpec(GatedDeltaNet, _heads(256)),  # value head dim 2x
+    "deltanet": MixerSpec(DeltaNet, _heads(256)),
     "none": MixerSpec(NoMixer),  # ablation: blocks reduce to their MLPs
 }
 
 # Block patterns: layer i of a backbone uses pattern[i % len(pattern)]. Every mixer name is
-# also the pattern of that mixer alone.
+# also the pattern of that mixer alone, except "based": as a model it is the paper's mix.
 PATTERNS: dict[str, tuple[str, ...]] = {
+    # BASED: Taylor linear attention at layers 1, 6, 11, .., sliding window at 2, 7, 12, ..,
+    # BaseConv elsewhere
+    "based": ("baseconv", "based", "swa", "baseconv", "baseconv"),
+    # Gated DeltaNet-H1: GDN and sliding-window attention alternate
+    "gated_deltanet_h1": ("gated_deltanet", "swa"),
+    # Gated DeltaNet-H2: Mamba2, then GDN, then sliding-window attention
+    "gated_deltanet_h2": ("mamba2", "gated_deltanet", "swa"),
     "mingru_attention": ("mingru", "mingru", "attention"),
     "s4d_attention": ("s4d", "s4d", "attention"),
 }

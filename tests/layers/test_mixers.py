@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from layers import S4D, Attention, MinGRU, MinLSTM, ShortConv
+from layers import S4D, Attention, Mamba, Mamba2, MinGRU, MinLSTM, ShortConv
+from layers import BaseConv, Based, DeltaNet, GatedDeltaNet, RetNet
 from tests import harness
 from tests.layers import mixer_checks as checks
 
@@ -20,6 +21,14 @@ MIXERS = {
     "attention": lambda: Attention(D, num_heads=2, head_dim=4, **F64),
     "attention_window": lambda: Attention(D, num_heads=2, head_dim=4, window=5, **F64),
     "short_conv": lambda: ShortConv(D, activation="silu", **F64),
+    "mamba": lambda: Mamba(D, d_state=4, impl="reference", **F64),
+    "mamba_chunk": lambda: Mamba(D, d_state=4, impl="chunk", chunk_size=4, **F64),
+    "mamba2_groups": lambda: Mamba2(D, d_state=4, head_dim=4, n_groups=2, chunk_size=4, **F64),
+    "retnet": lambda: RetNet(D, num_heads=2, chunk_size=5, **F64),
+    "based": lambda: Based(D, num_heads=2, feature_dim=4, chunk_size=5, **F64),
+    "base_conv": lambda: BaseConv(D, **F64),
+    "gated_deltanet": lambda: GatedDeltaNet(D, num_heads=2, head_dim=4, chunk_size=5, **F64),
+    "deltanet": lambda: DeltaNet(D, num_heads=2, head_dim=4, expand_v=1.0, chunk_size=5, **F64),
 }
 FFT = {"s4d_zoh_fft", "s4d_bilinear_fft"}  # the FFT is causal only up to rounding
 # Packed S4D always runs the scan form: one S4D configuration covers it (its segments alone
