@@ -1,8 +1,21 @@
 """XLA chunkwise form of the gated delta rule (UT transform)."""
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
+from jax import lax
 
 from layers.ops import _chunk
+
+
+def unit_lower_solve(lower, rhs):
+  """U with (I + lower) U = rhs, `lower` [..., C, C] strictly lower triangular, by forward
+  substitution (u_i = r_i - sum_{j<i} lower_ij u_j, one row per fori_loop step).
+
+  jax.scipy's solve_triangular calls LAPACK trsm on CPU, whose batched kernels deadlocked
+  under repeated jitted gradients here; this form is plain XLA (and what Pallas needs too).
+  """
+  def row(i, u):
+    u_i = rhs[..., i, :] - jnp.einsum("...j,...jv->...v", lower[..., i, :], u)
+    return u.at[..., i, :].set(u_i)
+  return lax.fori_loop(0, rhs.shape[-2], row, jnp.zeros_like(rhs))
 
 
 def chunk(q, k, v, beta, g, h0, resets, chunk_size):
@@ -21,8 +34,7 @@ def chunk(q, k, v, beta, g, h0, resets, chunk_size):
     decay = _chunk.chunk_decay(g, resets)
     a = jnp.tril(jnp.einsum("bhik,bhjk->bhij", k, k) * decay.within, -1)
     rhs = v - jnp.einsum("bhck,bhkv->bhcv", k * decay.entry[..., None], state)
-    u = solve_triangular(beta[..., None] * a, beta[..., None] * rhs, lower=True,
-                         unit_diagonal=True)
+    u = unit_lower_solve(beta[..., None] * a, beta[..., None] * rhs)
     return (_chunk.state_update(state, k, u, decay),
             _chunk.chunk_output(q, k, u, decay, state))
 
