@@ -17,6 +17,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from benchmarks import common
 from seqmodels import registry
@@ -37,7 +38,7 @@ def step_fn(mixer: str, batch: int, length: int):
   config.task = {"name": "mqar", "vocab_size": 256, "num_pairs": 8, "seq_len": length}
   _, model, tx, _ = build(config)
   tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, 256)
-  params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens)["params"])
 
   def train_step(params, opt_state, tokens):
     def loss(params):

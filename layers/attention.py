@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.ops import attention, attention_step, init_cache
 from layers.ops import _common as ops_common
 from layers.rotary import apply_rotary
@@ -37,10 +37,14 @@ class Attention(nn.Module):
   def setup(self):
     if self.window is not None and self.window < 1:
       raise ValueError(f"Attention: window must be a positive int or None; got {self.window}")
-    self.qkv_proj = nn.DenseGeneral((3, self.num_heads, self.head_dim), use_bias=False,
-                                    dtype=self.dtype, param_dtype=self.param_dtype)
-    self.out_proj = nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False,
-                                    dtype=self.dtype, param_dtype=self.param_dtype)
+    self.qkv_proj = nn.DenseGeneral(
+        (3, self.num_heads, self.head_dim), use_bias=False,
+        kernel_init=axes.kernel(axes.EMBED, None, axes.HEADS, axes.HEAD_DIM), dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    self.out_proj = nn.DenseGeneral(
+        self.d_model, axis=(-2, -1), use_bias=False,
+        kernel_init=axes.kernel(axes.HEADS, axes.HEAD_DIM, axes.EMBED), dtype=self.dtype,
+        param_dtype=self.param_dtype)
 
   def _qkv(self, x: jax.Array, positions: jax.Array):
     """x: [..., D], positions: [...] -> q, k, v: [..., H, K], rotary applied to q and k."""

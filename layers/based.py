@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.conv import ShortConv
 from layers.ops import _common as ops_common
 from layers.ops import linear_attention
@@ -58,10 +58,13 @@ class Based(nn.Module):
       raise ValueError(f"Based: num_heads={self.num_heads} must divide d_model={self.d_model} "
                        f"(or set head_dim)")
     H, F = self.num_heads, self.feature_dim
-    dense = lambda features, **kw: nn.DenseGeneral(
-        features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, **kw)
-    self.q_proj, self.k_proj, self.v_proj = dense((H, F)), dense((H, F)), dense((H, self._V))
-    self.out_proj = dense(self.d_model, axis=(-2, -1))
+    dense = lambda features, names, **kw: nn.DenseGeneral(
+        features, use_bias=False, kernel_init=axes.kernel(*names), dtype=self.dtype,
+        param_dtype=self.param_dtype, **kw)
+    heads_in = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+    self.q_proj, self.k_proj = dense((H, F), heads_in), dense((H, F), heads_in)
+    self.v_proj = dense((H, self._V), heads_in)
+    self.out_proj = dense(self.d_model, (axes.HEADS, axes.HEAD_DIM, axes.EMBED), axis=(-2, -1))
 
   @property
   def _V(self) -> int:
@@ -120,8 +123,11 @@ class BaseConv(nn.Module):
 
   def setup(self):
     E = self.expand * self.d_model
-    dense = lambda features: nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.in_proj, self.out_proj = dense(2 * E), dense(self.d_model)
+    dense = lambda features, names: nn.Dense(
+        features, kernel_init=axes.kernel(*names), bias_init=axes.bias(names[-1]),
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    self.in_proj = dense(2 * E, (axes.EMBED, axes.MLP))
+    self.out_proj = dense(self.d_model, (axes.MLP, axes.EMBED))
     self.conv = ShortConv(E, self.width, activation="silu", use_bias=False, dtype=self.dtype,
                           param_dtype=self.param_dtype)
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.ops import _common as ops_common
 
 ACTIVATIONS = {"none": lambda y: y, "silu": jax.nn.silu}
@@ -30,6 +30,7 @@ class ShortConv(nn.Module):
   width: int = 4
   activation: str = "none"
   use_bias: bool = True
+  channel_axis: str = axes.MLP  # the logical name of the channels (layers/axes.py)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -41,8 +42,10 @@ class ShortConv(nn.Module):
       raise ValueError(f"ShortConv: width must be >= 1; got {self.width}")
     bound = self.width ** -0.5
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-    self.kernel = self.param("kernel", init, (self.width, self.d_model), self.param_dtype)
-    self.bias = (self.param("bias", init, (self.d_model,), self.param_dtype)
+    self.kernel = self.param("kernel", axes.param(init, axes.CONV, self.channel_axis),
+                             (self.width, self.d_model), self.param_dtype)
+    self.bias = (self.param("bias", axes.param(init, self.channel_axis), (self.d_model,),
+                            self.param_dtype)
                  if self.use_bias else jnp.zeros((self.d_model,), self.param_dtype))
 
   def _mix(self, windows: jax.Array) -> jax.Array:

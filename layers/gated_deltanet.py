@@ -13,7 +13,7 @@ from einops import rearrange
 from flax import linen as nn
 from jax import lax
 
-from layers import _common
+from layers import _common, axes
 from layers.conv import ShortConv
 from layers.mamba import dt_bias_init
 from layers.norm import GatedRMSNorm
@@ -55,17 +55,19 @@ class DeltaNet(nn.Module):
     if H < 1 or K < 1 or V < 1:
       raise ValueError(f"{type(self).__name__}: num_heads, head_dim and expand_v * head_dim "
                        f"must be positive; got {H}, {K}, {V}")
-    self.qkv_proj = self._dense(H * (2 * K + V))
+    self.qkv_proj = self._dense(H * (2 * K + V), (axes.EMBED, axes.MLP))
     self.conv = ShortConv(H * (2 * K + V), self.conv_width, activation="silu", use_bias=False,
                           dtype=self.dtype, param_dtype=self.param_dtype)
-    self.b_proj, self.g_proj = self._dense(H), self._dense((H, V))
-    self.norm = GatedRMSNorm(norm_before_gate=True, eps=self.norm_eps, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    self.out_proj = self._dense(self.d_model, axis=(-2, -1))
+    self.b_proj = self._dense(H, (axes.EMBED, axes.HEADS))
+    self.g_proj = self._dense((H, V), (axes.EMBED, axes.HEADS, axes.HEAD_DIM))
+    self.norm = GatedRMSNorm(norm_before_gate=True, eps=self.norm_eps, axis_name=axes.HEAD_DIM,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    self.out_proj = self._dense(self.d_model, (axes.HEADS, axes.HEAD_DIM, axes.EMBED),
+                                axis=(-2, -1))
 
-  def _dense(self, features, **kw) -> nn.DenseGeneral:
-    return nn.DenseGeneral(features, use_bias=False, dtype=self.dtype,
-                           param_dtype=self.param_dtype, **kw)
+  def _dense(self, features, names, **kw) -> nn.DenseGeneral:
+    return nn.DenseGeneral(features, use_bias=False, kernel_init=axes.kernel(*names),
+                           dtype=self.dtype, param_dtype=self.param_dtype, **kw)
 
   @property
   def _V(self) -> int:
@@ -136,14 +138,13 @@ class GatedDeltaNet(DeltaNet):
   def setup(self):
     super().setup()
     H, low, high = self.num_heads, *self.A_init_range
-    self.a_proj = self._dense(H)
+    self.a_proj = self._dense(H, (axes.EMBED, axes.HEADS))
     self.A_log = self.param(
-        "A_log", lambda key, shape, dtype: jnp.log(jax.random.uniform(key, shape, dtype, low,
-                                                                      high)), (H,),
-        self.param_dtype)
+        "A_log", axes.param(lambda key, shape, dtype: jnp.log(jax.random.uniform(
+            key, shape, dtype, low, high)), axes.HEADS), (H,), self.param_dtype)
     self.dt_bias = self.param(
-        "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (H,),
-        self.param_dtype)
+        "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
+                              axes.HEADS), (H,), self.param_dtype)
 
   def log_decay(self, x: jax.Array) -> jax.Array:
     dtype = self._state_dtype

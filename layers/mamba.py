@@ -15,7 +15,7 @@ import numpy as np
 from einops import rearrange, repeat
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.conv import ShortConv
 from layers.norm import GatedRMSNorm
 from layers.ops import _common as ops_common
@@ -45,8 +45,9 @@ class _ConvSSM(nn.Module):
   wider). Subclasses define the fields, `setup`, `_split`, `_core` and `_ssm_shape`.
   """
 
-  def _dense(self, features: int) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+  def _dense(self, features: int, *names: str | None) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, kernel_init=axes.kernel(*names), dtype=self.dtype,
+                    param_dtype=self.param_dtype)
 
   @property
   def _state_dtype(self):
@@ -103,19 +104,22 @@ class Mamba(_ConvSSM):
   def setup(self):
     E, N, pd = self.expand * self.d_model, self.d_state, self.param_dtype
     self.rank = self.dt_rank or math.ceil(self.d_model / 16)
-    self.in_proj = self._dense(2 * E)
+    self.in_proj = self._dense(2 * E, axes.EMBED, axes.MLP)
     self.conv = ShortConv(E, self.d_conv, activation="silu", dtype=self.dtype, param_dtype=pd)
-    self.x_proj = self._dense(self.rank + 2 * N)
+    self.x_proj = self._dense(self.rank + 2 * N, axes.MLP, None)
     bound = self.rank ** -0.5
-    self.dt_proj = nn.Dense(E, use_bias=False, kernel_init=_uniform(-bound, bound),
+    self.dt_proj = nn.Dense(E, use_bias=False,
+                            kernel_init=axes.kernel(None, axes.MLP, init=_uniform(-bound, bound)),
                             dtype=self.dtype, param_dtype=pd)
     self.dt_bias = self.param(
-        "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (E,), pd)
+        "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
+                              axes.MLP), (E,), pd)
     self.A_log = self.param(
-        "A_log", lambda key, shape, dtype: jnp.broadcast_to(
-            jnp.log(jnp.arange(1, N + 1, dtype=dtype)), shape), (E, N), pd)
-    self.D = self.param("D", nn.initializers.ones, (E,), pd)
-    self.out_proj = self._dense(self.d_model)
+        "A_log", axes.param(lambda key, shape, dtype: jnp.broadcast_to(
+            jnp.log(jnp.arange(1, N + 1, dtype=dtype)), shape), axes.MLP, axes.STATE), (E, N),
+        pd)
+    self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP), (E,), pd)
+    self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)
 
   @property
   def _ssm_shape(self):
@@ -167,19 +171,19 @@ class Mamba2(_ConvSSM):
       raise ValueError(f"Mamba2: head_dim={self.head_dim} must divide expand * d_model={E} "
                        f"into a number of heads divisible by n_groups={G}")
     H = E // self.head_dim
-    self.in_proj = self._dense(2 * E + 2 * G * N + H)
+    self.in_proj = self._dense(2 * E + 2 * G * N + H, axes.EMBED, axes.MLP)
     self.conv = ShortConv(E + 2 * G * N, self.d_conv, activation="silu", dtype=self.dtype,
                           param_dtype=pd)
+    heads = lambda init: axes.param(init, axes.HEADS)
     self.dt_bias = self.param(
-        "dt_bias", dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), (H,), pd)
+        "dt_bias", heads(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor)), (H,), pd)
     self.A_log = self.param(
-        "A_log", lambda key, shape, dtype: jnp.log(_uniform(*self.A_init_range)(key, shape,
-                                                                                 dtype)),
-        (H,), pd)
-    self.D = self.param("D", nn.initializers.ones, (H,), pd)
+        "A_log", heads(lambda key, shape, dtype: jnp.log(_uniform(*self.A_init_range)(
+            key, shape, dtype))), (H,), pd)
+    self.D = self.param("D", heads(nn.initializers.ones), (H,), pd)
     self.norm = GatedRMSNorm(norm_before_gate=False, group_size=E // G, eps=self.norm_eps,
                              dtype=self.dtype, param_dtype=pd)
-    self.out_proj = self._dense(self.d_model)
+    self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)
 
   @property
   def _ssm_shape(self):

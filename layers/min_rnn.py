@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.ops import _common as ops_common
 from layers.ops import log_linear_scan
 
@@ -64,10 +64,12 @@ class _MinRNN(nn.Module):
 
   def setup(self):
     self.d_inner = int(self.expansion_factor * self.d_model)
-    dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype,
-                                      param_dtype=self.param_dtype)
-    self.in_proj = dense(self.num_inputs * self.d_inner)
-    self.out_proj = dense(self.d_model) if self.expansion_factor != 1 else None
+    dense = lambda features, *names: nn.Dense(features, use_bias=False,
+                                              kernel_init=axes.kernel(*names), dtype=self.dtype,
+                                              param_dtype=self.param_dtype)
+    self.in_proj = dense(self.num_inputs * self.d_inner, axes.EMBED, axes.MLP)
+    self.out_proj = (dense(self.d_model, axes.MLP, axes.EMBED) if self.expansion_factor != 1
+                     else None)
 
   def _log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [..., D] -> (log a, log b): [..., D_inner] each, float32 or wider."""

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from layers import axes
+
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu": jax.nn.gelu}
 
 
@@ -26,7 +28,8 @@ class MLP(nn.Module):
                        f"expected one of {tuple(ACTIVATIONS)}")
     D = jnp.shape(x)[-1]
     hidden = int(self.expand * D)
-    dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype,
-                                            param_dtype=self.param_dtype, name=name)
-    gate, up = jnp.split(dense(2 * hidden, "in_proj")(x), 2, axis=-1)
-    return dense(D, "out_proj")(ACTIVATIONS[self.activation](gate) * up)
+    dense = lambda features, names, name: nn.Dense(
+        features, use_bias=False, kernel_init=axes.kernel(*names), dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    gate, up = jnp.split(dense(2 * hidden, (axes.EMBED, axes.MLP), "in_proj")(x), 2, axis=-1)
+    return dense(D, (axes.MLP, axes.EMBED), "out_proj")(ACTIVATIONS[self.activation](gate) * up)

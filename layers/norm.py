@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from layers import axes
 from layers.ops import _common as ops_common
 
 
@@ -23,14 +24,17 @@ def rms_normalize(x: jax.Array, eps: float, group_size: int | None = None) -> ja
 
 
 class RMSNorm(nn.Module):
-  """y = x / sqrt(mean(x^2) + eps) * scale over the last axis D; scale: [D], init 1."""
+  """y = x / sqrt(mean(x^2) + eps) * scale over the last axis D; scale: [D], init 1, whose
+  logical axis is `axis_name` (layers/axes.py)."""
   eps: float = 1e-6
+  axis_name: str = axes.EMBED
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones, (jnp.shape(x)[-1],), self.param_dtype)
+    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name),
+                       (jnp.shape(x)[-1],), self.param_dtype)
     return jnp.einsum("...d,d->...d", rms_normalize(x, self.eps), scale).astype(self.dtype)
 
 
@@ -39,11 +43,12 @@ class GatedRMSNorm(nn.Module):
 
   norm_before_gate=True (Gated DeltaNet): y = RMSNorm(x) * silu(z).
   norm_before_gate=False (Mamba2):        y = RMSNorm(x * silu(z)).
-  x, z: [..., D]; scale: [D], init 1.
+  x, z: [..., D]; scale: [D], init 1, whose logical axis is `axis_name` (layers/axes.py).
   """
   norm_before_gate: bool = True
   group_size: int | None = None
   eps: float = 1e-6
+  axis_name: str = axes.MLP
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -52,7 +57,8 @@ class GatedRMSNorm(nn.Module):
     if jnp.shape(z) != jnp.shape(x):
       raise ValueError(f"GatedRMSNorm: gate z must have the shape of x {tuple(jnp.shape(x))}; "
                        f"got {tuple(jnp.shape(z))}")
-    scale = self.param("scale", nn.initializers.ones, (jnp.shape(x)[-1],), self.param_dtype)
+    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name),
+                       (jnp.shape(x)[-1],), self.param_dtype)
     gate = jax.nn.silu(z.astype(ops_common.accumulation_dtype(z)))
     if self.norm_before_gate:
       y = rms_normalize(x, self.eps, self.group_size) * gate

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from layers import _common
+from layers import _common, axes
 from layers.ops import _common as ops_common
 from layers.ops import linear_attention
 from layers.rotary import apply_rotary
@@ -55,12 +55,14 @@ class RetNet(nn.Module):
                        f"{self.d_model} into an even head dim (rotary)")
     H, K = self.num_heads, self.d_model // self.num_heads
     V = self.value_factor * K
-    dense = lambda features, gain, **kw: nn.DenseGeneral(
-        features, use_bias=False, kernel_init=_xavier_uniform(gain), dtype=self.dtype,
-        param_dtype=self.param_dtype, **kw)
-    self.q_proj, self.k_proj = dense((H, K), 2 ** -2.5), dense((H, K), 2 ** -2.5)
-    self.v_proj, self.g_proj = dense((H, V), 2 ** -2.5), dense((H, V), 2 ** -2.5)
-    self.out_proj = dense(self.d_model, 2 ** -1, axis=(-2, -1))
+    dense = lambda features, gain, names, **kw: nn.DenseGeneral(
+        features, use_bias=False, kernel_init=axes.kernel(*names, init=_xavier_uniform(gain)),
+        dtype=self.dtype, param_dtype=self.param_dtype, **kw)
+    heads_in = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
+    self.q_proj, self.k_proj = (dense((H, K), 2 ** -2.5, heads_in) for _ in range(2))
+    self.v_proj, self.g_proj = (dense((H, V), 2 ** -2.5, heads_in) for _ in range(2))
+    self.out_proj = dense(self.d_model, 2 ** -1, (axes.HEADS, axes.HEAD_DIM, axes.EMBED),
+                          axis=(-2, -1))
     self.group_norm = nn.LayerNorm(self.norm_eps, use_bias=False, use_scale=False,
                                    dtype=self.dtype)
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from layers import _common
+from layers import _common, axes
 from layers.ops import _common as ops_common
 from layers.ops import causal_conv, linear_scan, s4d_discretize, s4d_kernel
 
@@ -71,18 +71,20 @@ class S4D(nn.Module):
     pd = self.param_dtype
     log_dt_min, log_dt_max = np.log(self.dt_min), np.log(self.dt_max)
     self.log_dt = self.param(
-        "log_dt",
-        lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, log_dt_min, log_dt_max),
-        (H,), pd)
+        "log_dt", axes.param(lambda key, shape, dtype: jax.random.uniform(
+            key, shape, dtype, log_dt_min, log_dt_max), axes.EMBED), (H,), pd)
     A_re, A_im = s4d_A_init(self.A_init, self.d_state)
-    self.log_A_real = self.param("log_A_real", _constant(np.log(-A_re)), (H, half), pd)
-    self.A_imag = self.param("A_imag", _constant(A_im), (H, half), pd)
-    c_init = nn.initializers.normal(stddev=0.5 ** 0.5)  # CN(0, 1): Re, Im ~ N(0, 1/2)
+    modes = lambda init: axes.param(init, axes.EMBED, axes.STATE)
+    self.log_A_real = self.param("log_A_real", modes(_constant(np.log(-A_re))), (H, half), pd)
+    self.A_imag = self.param("A_imag", modes(_constant(A_im)), (H, half), pd)
+    c_init = modes(nn.initializers.normal(stddev=0.5 ** 0.5))  # CN(0, 1): Re, Im ~ N(0, 1/2)
     directions = ("",) if self.causal else ("", "_bwd")
     self.C = [lax.complex(self.param(f"C{d}_re", c_init, (H, half), pd),
                           self.param(f"C{d}_im", c_init, (H, half), pd)) for d in directions]
-    self.D = self.param("D", nn.initializers.normal(stddev=1.0), (H,), pd)
-    self.out_proj = nn.Dense(2 * H, dtype=self.dtype, param_dtype=pd)
+    self.D = self.param("D", axes.param(nn.initializers.normal(stddev=1.0), axes.EMBED), (H,),
+                        pd)
+    self.out_proj = nn.Dense(2 * H, kernel_init=axes.kernel(axes.EMBED, axes.MLP),
+                             bias_init=axes.bias(axes.MLP), dtype=self.dtype, param_dtype=pd)
 
   @property
   def _state_dtype(self):

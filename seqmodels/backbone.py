@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from layers import MLP, RMSNorm
+from layers import MLP, RMSNorm, axes
 from seqmodels import registry
 
 
@@ -83,9 +83,11 @@ class Backbone(nn.Module):
     modules = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.vocab_size is not None:
       self.embed = nn.Embed(self.vocab_size, self.d_model, param_dtype=self.param_dtype,
-                            embedding_init=nn.initializers.normal(stddev=1.0))
+                            embedding_init=axes.param(nn.initializers.normal(stddev=1.0),
+                                                      axes.VOCAB, axes.EMBED))
     else:
-      self.embed = nn.Dense(self.d_model, **modules)
+      self.embed = nn.Dense(self.d_model, kernel_init=axes.kernel(None, axes.EMBED),
+                            bias_init=axes.bias(axes.EMBED), **modules)
     self.blocks = [
         Block(registry.build_mixer(names[i % len(names)], self.d_model, causal=self.causal,
                                    overrides=self.mixer_kwargs.get(names[i % len(names)]),

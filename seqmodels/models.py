@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import linen as nn
 
+from layers import axes
 from seqmodels.backbone import Backbone
 
 POOLINGS = ("mean", "last")
@@ -24,6 +25,7 @@ class LanguageModel(nn.Module):
                        f"causal={self.backbone.causal}")
     if not self.tie_embeddings:
       self.head = nn.Dense(self.backbone.vocab_size, use_bias=False,
+                           kernel_init=axes.kernel(axes.EMBED, axes.VOCAB),
                            dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype)
 
   def _logits(self, h):
@@ -61,7 +63,9 @@ class Classifier(nn.Module):
     if self.pooling not in POOLINGS:
       raise ValueError(f"Classifier: unknown pooling={self.pooling!r}; expected one of "
                        f"{POOLINGS}")
-    dense = lambda n: nn.Dense(n, param_dtype=self.backbone.param_dtype)
+    # Small heads: replicated (no logical names that a rule could shard).
+    dense = lambda n: nn.Dense(n, kernel_init=axes.kernel(None, None), bias_init=axes.bias(None),
+                               param_dtype=self.backbone.param_dtype)
     d_model = self.backbone.d_model
     self.head = (nn.Sequential([dense(d_model), nn.relu, dense(d_model // 2), nn.relu,
                                 dense(self.num_classes)])

@@ -9,9 +9,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 OUT_TOL = 1e-5   # outputs and final states, float64
 GRAD_TOL = 1e-4  # gradients, float64
+
+
+def init_variables(module, *args, **kwargs):
+  """The jitted `module.init(*args)` as plain arrays (the logical axis names dropped)."""
+  return nn.unbox(jax.jit(module.init)(*args, **kwargs))
 
 
 def rand(seed: int, shape, dtype=jnp.float64, low=None, high=None):

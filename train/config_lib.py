@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from seqmodels import registry
+from train import sharding
 
 SIZES = {  # size name -> (d_model, n_layers)
     "tiny": (64, 2),
@@ -61,8 +62,10 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
   ))
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                 # data parallel; -1: all devices not used by the other axes
-      fsdp=1,                  # parameters sharded along their largest divisible axis
-      model=1,
+      fsdp=1,                  # parameters sharded as `rules` say (the model width)
+      model=1,                 # tensor parallel (heads, inner widths, vocabulary)
+      # (logical axis, mesh axes): how parameters and batches map onto the mesh
+      rules=sharding.DEFAULT_RULES,
   ))
   config.run = ml_collections.ConfigDict(dict(
       steps=1000,
@@ -102,6 +105,7 @@ def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collec
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a one-line ValueError naming the first bad key and what it accepts."""
   model, opt, run = config.model, config.opt, config.run
+  sharding.check_rules(config.mesh.rules)
   if model.mixer not in registry.known_models():
     raise ValueError(f"model.mixer={model.mixer!r} is unknown; known: "
                      f"{', '.join(registry.known_models())}")

@@ -10,6 +10,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 from tqdm.auto import tqdm
 
 from seqmodels import Backbone, build_model
@@ -43,7 +44,7 @@ def make_init(model, tx, inputs):
   """rng -> the initial TrainState of `model` (parameters shaped by example `inputs`)."""
   def init(rng):
     params_rng, rng = jax.random.split(rng)
-    params = model.init(params_rng, inputs, None)["params"]
+    params = nn.unbox(model.init(params_rng, inputs, None)["params"])
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                       jax.random.key_data(rng))
   return init
@@ -70,14 +71,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   example = jax.tree.map(jnp.asarray, eval_data[0])
 
   init = make_init(model, tx, example["inputs"])
-  mesh = sharding.make_mesh(config.mesh)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  mesh, rules = sharding.make_mesh(config.mesh), config.mesh.rules
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  batch_shards = sharding.mesh_size(mesh, batch_sharding.spec[0])
   if run.batch_size % batch_shards:
-    raise ValueError(f"run.batch_size={run.batch_size} must be divisible by mesh data x fsdp "
-                     f"= {batch_shards}")
+    raise ValueError(f"run.batch_size={run.batch_size} must be divisible by the {batch_shards} "
+                     f"devices of the batch axes {batch_sharding.spec[0]}")
   abstract_state = jax.eval_shape(init, jax.random.key(run.seed))
-  state_shardings = sharding.state_shardings(abstract_state, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
+  state_shardings = sharding.state_shardings(
+      abstract_state, sharding.param_names(model, example["inputs"]), mesh, rules)
   replicated = sharding.replicated(mesh)
   to_device = lambda batch: sharding.global_batch(batch, batch_sharding)
 

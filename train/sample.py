@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from seqmodels import Sampler, generate
-from train import checkpoint, sharding
+from train import checkpoint
 from train.loop import build, make_init
 
 
@@ -31,10 +31,10 @@ def load(workdir: str):
   _, model, tx, _ = build(config)
   init = make_init(model, tx, jnp.zeros((1, 8), jnp.int32))
   abstract_state = jax.eval_shape(init, jax.random.key(0))
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "model": 1})
+  on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=config.run.keep_checkpoints)
-  restored = ckpt.restore(checkpoint.abstract(abstract_state,
-                                              sharding.state_shardings(abstract_state, mesh)))
+  restored = ckpt.restore(checkpoint.abstract(
+      abstract_state, jax.tree.map(lambda _: on_one_device, abstract_state)))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir!r}/checkpoints")

@@ -1,8 +1,10 @@
 """Placement of the train state and batches on a `("data", "fsdp", "model")` device mesh.
 
-The batch is split over data x fsdp. A parameter (and its optimizer moments) is FSDP-sharded
-along its largest axis divisible by the fsdp size, replicated when no axis is; everything
-else is replicated. JAX's SPMD partitioner (Auto axis types) does the rest.
+Every parameter carries logical axis names (layers/axes.py); `config.mesh.rules` map them onto
+the mesh axes by flax's rules (in order: a logical axis takes the first rule whose mesh axes
+are still free in that array). An axis whose size the mesh axes do not divide stays
+replicated. The batch is the logical axis "batch". Optimizer moments follow their parameter;
+everything else is replicated. JAX's SPMD partitioner (Auto axis types) does the rest.
 """
 from __future__ import annotations
 
@@ -10,10 +12,22 @@ import math
 
 import jax
 import numpy as np
+from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from layers import axes
+
 AXES = ("data", "fsdp", "model")
-BATCH_AXES = ("data", "fsdp")
+BATCH = "batch"
+# Batch over data x fsdp; FSDP along the model width; tensor parallel over heads, the inner
+# (MLP / expanded) width and the vocabulary.
+DEFAULT_RULES = (
+    (BATCH, ("data", "fsdp")),
+    (axes.VOCAB, "model"),
+    (axes.MLP, "model"),
+    (axes.HEADS, "model"),
+    (axes.EMBED, "fsdp"),
+)
 
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:
@@ -33,19 +47,76 @@ def make_mesh(mesh_config) -> jax.sharding.Mesh:
   return jax.make_mesh(sizes, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
-  """Shards the largest axis divisible by `fsdp_size` over "fsdp" (P() when none is)."""
-  if fsdp_size > 1:
-    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-      if shape[axis] % fsdp_size == 0:
-        return P(*(("fsdp" if a == axis else None) for a in range(len(shape))))
-  return P()
+def check_rules(rules) -> None:
+  """Raises a one-line ValueError unless `rules` is ((logical name, mesh axes), ...)."""
+  logical = (BATCH,) + axes.NAMES
+  for rule in rules:
+    if len(rule) != 2 or rule[0] not in logical:
+      raise ValueError(f"mesh.rules: {tuple(rule)!r} must be (logical axis, mesh axes) with a "
+                       f"logical axis among {', '.join(logical)}")
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    if any(t is not None and t not in AXES for t in targets):
+      raise ValueError(f"mesh.rules: {tuple(rule)!r} names a mesh axis not in {AXES} "
+                       f"(None: replicated)")
 
 
-def state_shardings(abstract_state, mesh):
-  """NamedShardings for every leaf of the (abstract) train state."""
-  fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp)), abstract_state)
+def mesh_spec(names: P | None, shape: tuple[int, ...], mesh, rules) -> P:
+  """The PartitionSpec over `mesh` of an array with logical axis `names` (None: no names,
+  replicated) under `rules`; an axis whose size its mesh axes do not divide is replicated."""
+  if names is None:
+    return P()
+  spec = _mesh_axes(names, rules)
+  return P(*(t if t is None or n % mesh_size(mesh, t) == 0 else None
+             for t, n in zip(spec, shape)))
+
+
+def _mesh_axes(names, rules) -> P:
+  """flax's resolution of logical `names` by `rules` (lists, as from JSON, read as tuples)."""
+  rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+  return nn.logical_to_mesh_axes(tuple(names), rules)
+
+
+def mesh_size(mesh, mesh_axes) -> int:
+  """Devices along a mesh axis name, a tuple of them, or None (1)."""
+  if mesh_axes is None:
+    return 1
+  return math.prod(mesh.shape[a] for a in ((mesh_axes,) if isinstance(mesh_axes, str)
+                                           else mesh_axes))
+
+
+def param_names(model, inputs):
+  """The logical axis names of each parameter of `model` (a tree of PartitionSpecs of names),
+  from shapes alone."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs, None))
+  return nn.get_partition_spec(boxed)["params"]
+
+
+def state_shardings(abstract_state, names, mesh, rules):
+  """NamedShardings of the (abstract) train state: parameters by their logical `names`, the
+  optimizer's per-parameter leaves (moments, accumulated gradients) as their parameter,
+  everything else replicated."""
+  params = jax.tree.map(lambda x, n: NamedSharding(mesh, mesh_spec(n, x.shape, mesh, rules)),
+                        abstract_state.params, names)
+  by_path = {_dict_keys(path): (x.shape, s) for (path, x), s in zip(
+      jax.tree.leaves_with_path(abstract_state.params), jax.tree.leaves(params))}
+
+  def follow_param(path, x):
+    """An optimizer leaf whose dict-key path ends with a parameter's path and has its shape
+    is that parameter's moment (optax nests them under its own keys)."""
+    keys = _dict_keys(path)
+    for start in range(len(keys)):
+      shape, s = by_path.get(keys[start:], (None, None))
+      if shape == x.shape:
+        return s
+    return replicated(mesh)
+
+  opt_state = jax.tree.map_with_path(follow_param, abstract_state.opt_state)
+  return type(abstract_state)(step=replicated(mesh), params=params, opt_state=opt_state,
+                              rng=replicated(mesh))
+
+
+def _dict_keys(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def replicated(mesh) -> NamedSharding:
@@ -58,9 +129,9 @@ def to_host(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  """Leading (batch) axis split over data x fsdp."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh, rules) -> NamedSharding:
+  """The leading axis split over the mesh axes the rules give the logical axis "batch"."""
+  return NamedSharding(mesh, _mesh_axes((BATCH,), rules))
 
 
 def global_batch(batch: dict, sharding: NamedSharding) -> dict:

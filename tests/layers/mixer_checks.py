@@ -32,7 +32,7 @@ def setup(make_module, batch, length, width, seed=0):
   """(module, variables, x) from a jitted init on x = rand(seed, [B, T, D]); cached."""
   module = make_module()
   x = harness.rand(seed, (batch, length, width))
-  return module, jax.jit(module.init)(jax.random.key(seed), x), x
+  return module, harness.init_variables(module, jax.random.key(seed), x), x
 
 
 def init_state(module, variables, batch_size, max_len):

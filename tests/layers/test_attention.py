@@ -47,7 +47,7 @@ def _reference(params, x, segment_ids, window, causal):
 def test_layer_is_the_formula(window, causal):
   module = Attention(D, H, K, window=window, causal=causal, **F64)
   x = harness.rand(0, (B, T, D))
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   segment_ids = harness.packed_segment_ids(B, T, seed=4)
   y, _ = checks.whole(module, variables)(x, None, segment_ids)
   want = _reference(variables["params"], x, segment_ids, window, causal)
@@ -59,7 +59,7 @@ def test_cache_from_a_whole_sequence(window):
   """state=None returns a cache of capacity T (or window) with pos = T, keys after rotary."""
   module = Attention(D, H, K, window=window, **F64)
   x = harness.rand(0, (B, T, D))
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   _, cache = checks.whole(module, variables)(x)
   C = window or T
   assert cache["k"].shape == (B, C, H, K) and cache["v"].shape == (B, C, H, K)
@@ -91,7 +91,7 @@ def test_rotary():
 def test_bidirectional_is_not_causal():
   module = Attention(D, H, K, causal=False, **F64)
   x = harness.rand(0, (1, 6, D))
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   jac = np.asarray(checks.causal_jacobian(module, variables, x))
   assert jac[0, 5] > 1e-6 and jac[5, 0] > 1e-6
   with pytest.raises(ValueError, match="bidirectional form .* has no step"):

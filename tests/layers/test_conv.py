@@ -16,7 +16,7 @@ def test_layer_is_the_convolution(activation):
   module = ShortConv(D, activation=activation, dtype=jnp.float64, param_dtype=jnp.float64)
   x = harness.rand(0, (B, T, D))
   state = harness.rand(1, (B, W - 1, D))
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   y, final = jax.jit(module.apply)(variables, x, state)
   w, b = (np.asarray(variables["params"][name]) for name in ("kernel", "bias"))
   x_pad = np.concatenate([np.asarray(state), np.asarray(x)], axis=1)
@@ -29,7 +29,7 @@ def test_layer_is_the_convolution(activation):
 
 def test_init_and_shapes():
   module = ShortConv(512, width=W, use_bias=False)
-  variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 2, 512)))
+  variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 2, 512)))
   kernel = variables["params"]["kernel"]
   assert jax.tree.map(jnp.shape, variables["params"]) == {"kernel": (W, 512)}
   bound = W ** -0.5
@@ -41,6 +41,6 @@ def test_bad_config_raises():
   with pytest.raises(ValueError, match=r"ShortConv: unknown activation='relu'"):
     ShortConv(D, activation="relu").init(jax.random.key(0), jnp.zeros((1, 4, D)))
   module = ShortConv(D)
-  variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 4, D)))
+  variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, D)))
   with pytest.raises(ValueError, match=r"ShortConv: state must have shape \[B, W - 1, D\]"):
     module.apply(variables, jnp.zeros((1, 4, D)), jnp.zeros((1, W, D)))

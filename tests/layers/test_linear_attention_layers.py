@@ -33,7 +33,7 @@ def test_forms_agree_at_layer_level(name):
   make, forms = FORMS[name]
   x = harness.rand(0, (B, T, D))
   segment_ids = harness.packed_segment_ids(B, T, seed=2)
-  variables = jax.jit(make("reference").init)(jax.random.key(0), x)
+  variables = harness.init_variables(make("reference"), jax.random.key(0), x)
   state0 = checks.whole(make("reference"), variables)(harness.rand(1, (B, 3, D)))[1]
 
   def run(impl):
@@ -74,7 +74,7 @@ def test_based_equals_normalised_taylor_attention():
   s = q_t.k_s / sqrt(F), written out quadratically (no feature map)."""
   module = Based(D, num_heads=2, feature_dim=4, **F64)
   x = harness.rand(0, (B, T, D))
-  variables = module.init(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   params = variables["params"]
   q, k, v = (jnp.einsum("btd,dhf->bthf", x, params[p]["kernel"])
              for p in ("q_proj", "k_proj", "v_proj"))
@@ -92,7 +92,7 @@ def test_retnet_decays():
 
 def test_retnet_init_and_shapes():
   module = RetNet(64, num_heads=4)
-  params = module.init(jax.random.key(0), jnp.ones((1, 3, 64)))["params"]
+  params = harness.init_variables(module, jax.random.key(0), jnp.ones((1, 3, 64)))["params"]
   assert params["v_proj"]["kernel"].shape == params["g_proj"]["kernel"].shape == (64, 4, 32)
   assert params["q_proj"]["kernel"].shape == (64, 4, 16)
   assert params["out_proj"]["kernel"].shape == (4, 32, 64)
@@ -107,7 +107,7 @@ def test_gated_deltanet_init_and_decay():
   """A = exp(A_log) in [0, 16], dt = softplus(dt_bias) log-uniform in [dt_min, dt_max]; the
   decay exp(g) is in (0, 1]."""
   module = GatedDeltaNet(64, num_heads=32, head_dim=4)
-  params = module.init(jax.random.key(0), jnp.ones((1, 3, 64)))["params"]
+  params = harness.init_variables(module, jax.random.key(0), jnp.ones((1, 3, 64)))["params"]
   A, dt = np.exp(params["A_log"]), np.asarray(jax.nn.softplus(params["dt_bias"]))
   assert A.shape == dt.shape == (32,)
   assert 0 < A.min() and A.max() <= 16 and A.std() > 3
@@ -128,7 +128,7 @@ def test_allow_neg_eigval_changes_the_layer_and_keeps_step_equal_whole():
 
 
 def test_deltanet_has_no_decay_parameters():
-  params = DeltaNet(D, num_heads=2, head_dim=4).init(jax.random.key(0), jnp.ones((1, 3, D)))
+  params = harness.init_variables(DeltaNet(D, num_heads=2, head_dim=4), jax.random.key(0), jnp.ones((1, 3, D)))
   assert set(params["params"]) == {"qkv_proj", "conv", "b_proj", "g_proj", "norm", "out_proj"}
   assert params["params"]["conv"]["kernel"].shape == (4, 2 * (4 + 4 + 8))
   assert params["params"]["norm"]["scale"].shape == (8,)  # per head, shared by the heads
@@ -178,6 +178,6 @@ def test_bad_configs_raise(make, message):
 ])
 def test_wrong_state_shapes_raise(make, state, message):
   module = make()
-  variables = module.init(jax.random.key(0), jnp.ones((1, 3, D)))
+  variables = harness.init_variables(module, jax.random.key(0), jnp.ones((1, 3, D)))
   with pytest.raises(ValueError, match=message):
     module.apply(variables, jnp.ones((1, 3, D)), state)

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _params(module, width=32, length=4):
-  return jax.jit(module.init)(jax.random.key(0), jnp.ones((1, length, width)))["params"]
+  return harness.init_variables(module, jax.random.key(0), jnp.ones((1, length, width)))["params"]
 
 
 def _check_dt(dt_bias, dt_min=1e-3, dt_max=1e-1):
@@ -69,7 +69,7 @@ def test_mamba2_equals_the_ssd_recurrence():
   E, H = 2 * D, 2 * D // P
   module = Mamba2(D, d_state=N, head_dim=P, n_groups=G, chunk_size=4, **F64)
   x = harness.rand(0, (B, T, D))
-  variables = jax.jit(module.init)(jax.random.key(1), x)
+  variables = harness.init_variables(module, jax.random.key(1), x)
   p = jax.tree.map(np.asarray, variables["params"])
   out, state = jax.jit(module.apply)(variables, x)
 

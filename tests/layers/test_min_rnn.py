@@ -39,7 +39,7 @@ def test_min_gru_gates_at_init():
   """With x ~ N(0, 1) the LeCun-normal projection gives k ~ N(0, 1): z centred on 1/2."""
   module = MinGRU(256)
   x = harness.rand(0, (4, 16, 256), jnp.float32)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   kernel = variables["params"]["in_proj"]["kernel"]
   assert kernel.shape == (256, 2 * 256) and "out_proj" not in variables["params"]
   z = jax.nn.sigmoid(jnp.einsum("btd,de->bte", x, kernel[:, 256:]))
@@ -50,7 +50,7 @@ def test_min_gru_gates_at_init():
 @pytest.mark.parametrize("cls, blocks", [(MinGRU, 2), (MinLSTM, 3)])
 def test_parameter_shapes(cls, blocks):
   module = cls(D, expansion_factor=1.5)
-  variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 4, D)))
+  variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, D)))
   assert jax.tree.map(jnp.shape, variables["params"]) == {
       "in_proj": {"kernel": (D, blocks * 12)}, "out_proj": {"kernel": (12, D)}}
   assert module.apply(variables, 3, 9, method="init_state").shape == (3, 12)
@@ -62,7 +62,7 @@ def test_layer_is_the_recurrence(cls):
   module = cls(D, **F64)
   x = harness.rand(0, (B, T, D))
   h0 = harness.rand(1, (B, D), low=0.1, high=2.0)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   y, h_T = jax.jit(module.apply)(variables, x, h0)
   blocks = np.split(np.asarray(x) @ np.asarray(variables["params"]["in_proj"]["kernel"]),
                     3 if cls is MinLSTM else 2, axis=-1)
@@ -85,7 +85,7 @@ def test_layer_is_the_recurrence(cls):
 def test_float32_long_sequence_stable():
   module = MinLSTM(D)
   x = harness.rand(0, (1, 4096, D), jnp.float32)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   y, h_T = jax.jit(module.apply)(variables, x)
   assert y.dtype == jnp.float32 and h_T.dtype == jnp.float32
   y64, _ = jax.jit(module.clone(**F64).apply)(

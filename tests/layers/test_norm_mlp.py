@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from layers import MLP, GatedRMSNorm, RMSNorm
 from tests import harness
@@ -22,6 +23,7 @@ def _silu(z):
 def test_rms_norm():
   x = harness.rand(0, (2, 5, 8))
   y, variables = RMSNorm(dtype=jnp.float64).init_with_output(jax.random.key(0), x)
+  variables = nn.unbox(variables)
   np.testing.assert_allclose(y, _rms(np.asarray(x), 8), rtol=1e-12)
   scale = harness.rand(1, (8,))
   y = RMSNorm(dtype=jnp.float64).apply({"params": {"scale": scale}}, x)
@@ -53,6 +55,7 @@ def test_mlp(activation):
   x = harness.rand(0, (2, 5, 6))
   module = MLP(expand=2.0, activation=activation, dtype=jnp.float64, param_dtype=jnp.float64)
   y, variables = module.init_with_output(jax.random.key(0), x)
+  variables = nn.unbox(variables)
   params = variables["params"]
   assert jax.tree.map(jnp.shape, params) == {"in_proj": {"kernel": (6, 24)},
                                              "out_proj": {"kernel": (12, 6)}}

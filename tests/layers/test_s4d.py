@@ -19,7 +19,7 @@ def test_fft_form_equals_scan_form(discretization):
   fft = S4D(H, N, discretization=discretization, **F64)
   scan = fft.clone(form="scan")
   x = harness.rand(0, (B, T, H))
-  variables = jax.jit(fft.init)(jax.random.key(0), x)
+  variables = harness.init_variables(fft, jax.random.key(0), x)
   x0 = harness.rand(1, (B, H, N // 2), jnp.complex128)
 
   def fn(module):
@@ -35,7 +35,7 @@ def test_fft_form_equals_scan_form(discretization):
 @pytest.mark.parametrize("A_init", ["lin", "inv", "real"])
 def test_A_init_is_the_paper(A_init):
   module = S4D(H, N, A_init=A_init)
-  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1, H)))["params"]
+  params = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 1, H)))["params"]
   A_re = -np.exp(np.asarray(params["log_A_real"]))
   A_im = np.asarray(params["A_imag"])
   n = np.arange(N // 2)
@@ -51,7 +51,7 @@ def test_A_init_is_the_paper(A_init):
 def test_init_statistics_and_shapes():
   wide = 512
   module = S4D(wide, N, dt_min=1e-3, dt_max=1e-1)
-  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1, wide)))["params"]
+  params = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 1, wide)))["params"]
   shapes = jax.tree.map(jnp.shape, params)
   assert shapes == {
       "log_dt": (wide,), "log_A_real": (wide, N // 2), "A_imag": (wide, N // 2),
@@ -72,7 +72,7 @@ def test_init_statistics_and_shapes():
 def test_bidirectional_is_not_causal_and_respects_segments():
   module = S4D(H, N, causal=False, **F64)
   x = harness.rand(0, (B, T, H))
-  variables = jax.jit(module.init)(jax.random.key(0), x)
+  variables = harness.init_variables(module, jax.random.key(0), x)
   assert set(variables["params"]) >= {"C_bwd_re", "C_bwd_im"}
   jac = np.asarray(checks.causal_jacobian(module, variables, x[:1, :6]))
   assert jac[0, 5] > 1e-6 and jac[5, 0] > 1e-6, "bidirectional: sees both directions"
@@ -93,7 +93,7 @@ def test_bidirectional_is_not_causal_and_respects_segments():
 def test_float32_close_to_float64():
   module = S4D(H, N)
   x = harness.rand(0, (B, 64, H))
-  variables = jax.jit(module.init)(jax.random.key(0), x.astype(jnp.float32))
+  variables = harness.init_variables(module, jax.random.key(0), x.astype(jnp.float32))
   y32, state32 = jax.jit(module.apply)(variables, x.astype(jnp.float32))
   assert y32.dtype == jnp.float32 and state32.dtype == jnp.complex64
   wide = jax.tree.map(lambda p: p.astype(jnp.float64), variables)
@@ -115,6 +115,6 @@ def test_bad_config_raises(kwargs, message):
 
 def test_bad_state_raises():
   module = S4D(H, N)
-  variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 4, H)))
+  variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, H)))
   with pytest.raises(ValueError, match=r"S4D: state must have shape \[B, H, N/2\]"):
     module.apply(variables, jnp.zeros((1, 4, H)), jnp.zeros((1, H, N), jnp.complex64))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from seqmodels import GREEDY, Backbone, LanguageModel, Sampler, generate
+from tests import harness
 
 generate_module = importlib.import_module("seqmodels.generate")
 
@@ -25,7 +26,7 @@ def test_greedy_equals_argmax_of_full_forwards(pattern):
   model = _model(pattern)
   prompt = jnp.array([[3, 1, 4, 1, 5, 9], [0, 0, 0, 2, 6, 5]], jnp.int32)
   mask = jnp.array([[True] * P, [False] * 3 + [True] * 3])
-  variables = model.init(jax.random.key(0), prompt)
+  variables = harness.init_variables(model, jax.random.key(0), prompt)
   out = generate(model, variables, prompt, N, jax.random.key(1), prompt_mask=mask)
   assert out.shape == (2, N) and out.dtype == prompt.dtype
   forward = jax.jit(lambda tokens: model.apply(variables, tokens)[0][0, -1])
@@ -39,7 +40,7 @@ def test_greedy_equals_argmax_of_full_forwards(pattern):
 def test_compiles_once_per_shape():
   model = _model("mingru_attention")
   prompt = jnp.ones((2, P), jnp.int32)
-  variables = model.init(jax.random.key(0), prompt)
+  variables = harness.init_variables(model, jax.random.key(0), prompt)
   generate(model, variables, prompt, N, jax.random.key(0))
   before = generate_module._generate._cache_size()
   sampler = Sampler(temperature=0.7, top_k=5)
@@ -51,7 +52,7 @@ def test_compiles_once_per_shape():
 def test_sampling_is_seeded_and_stays_in_top_k():
   model = _model("mingru")
   prompt = jnp.ones((2, P), jnp.int32)
-  variables = model.init(jax.random.key(0), prompt)
+  variables = harness.init_variables(model, jax.random.key(0), prompt)
   sampler = Sampler(temperature=2.0, top_k=3)
   a = generate(model, variables, prompt, 8, jax.random.key(5), sampler)
   b = generate(model, variables, prompt, 8, jax.random.key(5), sampler)

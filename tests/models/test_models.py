@@ -44,7 +44,7 @@ def _decode(model, variables, tokens, state):
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_steps_and_prefill_equal_whole_sequence(pattern):
   model, tokens, k = _lm(pattern), _tokens(), 5
-  variables = model.init(jax.random.key(0), tokens)
+  variables = harness.init_variables(model, jax.random.key(0), tokens)
 
   @jax.jit
   def run(variables, tokens):
@@ -67,7 +67,7 @@ def test_backbone_is_causal(pattern):
   model = Backbone(d_model=D, n_layers=len(names), pattern=pattern, input_dim=3,
                    mixer_kwargs={n: SMALL[n] for n in names if n in SMALL}, **F64)
   x = harness.rand(0, (1, 7, 3))
-  variables = model.init(jax.random.key(0), x)
+  variables = harness.init_variables(model, jax.random.key(0), x)
   jac = jax.jit(jax.jacrev(lambda x: model.apply(variables, x)[0]))(x)  # [1, T, D, 1, T, F]
   influence = jnp.abs(jac[0, :, :, 0]).sum(axis=(1, 3))  # [t, s]
   # Exactly zero, except for S4D's FFT convolution, whose roundoff (~1e-16) reaches everywhere.
@@ -81,7 +81,7 @@ def test_packed_backbone_equals_segments_alone(pattern):
   model = _lm(pattern)
   tokens = _tokens(3)
   segment_ids = harness.packed_segment_ids(B, T, seed=1)
-  variables = model.init(jax.random.key(0), tokens)
+  variables = harness.init_variables(model, jax.random.key(0), tokens)
   apply = jax.jit(lambda tokens, ids: model.apply(variables, tokens, None, ids)[0])
   packed = apply(tokens, segment_ids)
   for b in range(B):
@@ -93,11 +93,11 @@ def test_packed_backbone_equals_segments_alone(pattern):
 
 def test_untied_head_and_parameter_shapes():
   model = _lm("mingru", tie_embeddings=False)
-  params = model.init(jax.random.key(0), _tokens())["params"]
+  params = harness.init_variables(model, jax.random.key(0), _tokens())["params"]
   assert params["head"]["kernel"].shape == (D, VOCAB)
   assert params["backbone"]["embed"]["embedding"].shape == (VOCAB, D)
   assert set(params["backbone"]) == {"embed", "blocks_0", "blocks_1", "norm"}
-  tied = _lm("mingru").init(jax.random.key(0), _tokens())["params"]
+  tied = harness.init_variables(_lm("mingru"), jax.random.key(0), _tokens())["params"]
   assert "head" not in tied
 
 
@@ -109,7 +109,7 @@ def test_classifier_pools_over_real_tokens(pooling, pattern):
   model = build_model("classifier", backbone, num_classes=3, pooling=pooling)
   tokens = _tokens(4)
   segment_ids = jnp.array([[1] * 8 + [0] * 3, [1] * T])  # row 0 right-padded
-  variables = model.init(jax.random.key(0), tokens, segment_ids)
+  variables = harness.init_variables(model, jax.random.key(0), tokens, segment_ids)
   logits = model.apply(variables, tokens, segment_ids)
   assert logits.shape == (B, 3)
   alone = model.apply(variables, tokens[:1, :8])
@@ -124,7 +124,7 @@ def test_bidirectional_backbone_sees_the_future():
   backbone = Backbone(d_model=D, n_layers=1, pattern="attention", input_dim=3, causal=False,
                       **F64)
   x = harness.rand(0, (1, 5, 3))
-  variables = backbone.init(jax.random.key(0), x)
+  variables = harness.init_variables(backbone, jax.random.key(0), x)
   jac = jax.jacrev(lambda x: backbone.apply(variables, x)[0])(x)
   assert float(jnp.abs(jac[0, 0, :, 0, 4]).sum()) > 0
 
@@ -159,4 +159,4 @@ def test_registry_errors_list_known_names(make, message):
 ])
 def test_bad_model_inputs_raise(model, inputs, message):
   with pytest.raises(ValueError, match=message):
-    model.init(jax.random.key(0), inputs)
+    harness.init_variables(model, jax.random.key(0), inputs)

@@ -8,15 +8,18 @@ config every run (and the single-device reference in the tests) uses.
 import os
 import sys
 
-MESHES = {"data_parallel": {"data": 8}, "fsdp": {"data": 2, "fsdp": 4}}
+MESHES = {"data_parallel": {"data": 8}, "fsdp": {"data": 2, "fsdp": 4},
+          "tensor_parallel": {"data": 2, "fsdp": 2, "model": 2}}
 
 
 def small_config(mesh=None):
-  """A 20-step tiny attention LM on MQAR (batch 16, T 32)."""
+  """A 20-step tiny attention LM on MQAR (batch 16, T 32; 2 heads and MLP width 64, so that
+  the model axis shards them)."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
   from configs.synthetic import mqar  # noqa: PLC0415 (configs is not an installed package)
   config = mqar.get_config("model=attention")
-  config.model.update(d_model=32, n_layers=2)
+  config.model.update(d_model=32, n_layers=2, mlp_expand=2.0)
+  config.model.mixer_kwargs = {"attention": {"num_heads": 2, "head_dim": 16}}
   config.task.update(seq_len=32)
   config.run.update(steps=20, batch_size=16, log_every=1, eval_every=20, checkpoint_every=20,
                     eval_batches=2, progress=False)

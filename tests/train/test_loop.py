@@ -112,6 +112,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     (["--config.model.mixer=lstm"], "error: model.mixer='lstm' is unknown; known: attention"),
     (["--config.run.steps=-5"], "error: run.steps=-5: expected a positive number"),
     (["--config.model.dtype=float16"], "error: model.dtype='float16': expected one of float32"),
+    (["--config.mesh.rules=(('embedd', 'fsdp'),)"],
+     "error: mesh.rules: ('embedd', 'fsdp') must be (logical axis, mesh axes)"),
 ])
 def test_config_errors_are_one_line(tmp_path, args, message):
   result = subprocess.run([sys.executable, "-m", "train", f"--config={MQAR_CONFIG}",

@@ -306,7 +306,7 @@ def test_two_tower_combines_pooled_towers_and_ignores_padding():
   rng = np.random.default_rng(0)
   inputs = jnp.asarray(rng.integers(1, 11, (2, 2, 9)), jnp.int32)
   segment_ids = jnp.asarray(np.arange(9) < np.array([[[9], [4]], [[6], [7]]]), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.key(0), inputs, segment_ids)
+  variables = harness.init_variables(model, jax.random.key(0), inputs, segment_ids)
 
   @jax.jit
   def run(variables):
