@@ -14,6 +14,7 @@ from layers.ops import causal_conv, linear_scan, s4d_discretize, s4d_kernel
 
 INITS = ("lin", "inv", "real")
 FORMS = ("fft", "scan")
+FFT_SEGMENTS = 2  # packed rows of up to this many segments (e.g. text + padding) stay on FFT
 
 
 def s4d_A_init(init: str, d_state: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +45,10 @@ class S4D(nn.Module):
   + i A_imag, B = 1 folded into C ~ CN(0, 1), dt log-uniform in [dt_min, dt_max], D ~ N(0, 1).
 
   Forms: "fft" (training default): y = K * u with the kernel K_l = 2 Re(C B_bar A_bar^l),
-  plus 2 Re(C A_bar^(t+1) x_{-1}) from the state; "scan": the recurrence through
-  `linear_scan`, which the layer switches to by itself when given segment_ids. State: x, complex
-  [B, H, N/2]. causal=False is the bidirectional form (LRA): a second C runs the same SSM
+  plus 2 Re(C A_bar^(t+1) x_{-1}) from the state, one convolution per segment for packed
+  rows of up to FFT_SEGMENTS segments (padded classification inputs); "scan": the recurrence
+  through `linear_scan`, which the layer switches to by itself for rows of more segments.
+  State: x, complex [B, H, N/2]. causal=False is the bidirectional form (LRA): a second C runs the same SSM
   backwards in time and the two outputs add; it takes no state and has no step.
   """
   d_model: int
@@ -96,22 +98,49 @@ class S4D(nn.Module):
 
   def _ssm(self, u: jax.Array, C: jax.Array, x0: jax.Array,
            segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """y_t = 2 Re(C x_t) for u: [B, T, H] from x_{-1} = x0 ([B, H, N/2]); returns (y, x_T)."""
+    """y_t = 2 Re(C x_t) for u: [B, T, H] from x_{-1} = x0 ([B, H, N/2]); returns (y, x_T).
+
+    The FFT form covers packed rows of at most FFT_SEGMENTS segments (padding is one); a
+    batch with a row of more segments runs the scan (the choice is made at run time)."""
+    B, T, _ = u.shape
+    if self.form == "scan":
+      return self._ssm_scan(u, C, x0, segment_ids)
+    if segment_ids is None:
+      return self._ssm_fft(u, C, x0, jnp.zeros((B, T), jnp.int32), 1)
+    index, _ = _common.segment_positions(segment_ids, B, T)
+    return lax.cond(jnp.all(index[:, -1] < FFT_SEGMENTS),
+                    lambda: self._ssm_fft(u, C, x0, index, FFT_SEGMENTS),
+                    lambda: self._ssm_scan(u, C, x0, segment_ids))
+
+  def _ssm_scan(self, u, C, x0, segment_ids):
+    """The recurrence through `linear_scan` (resets at segment starts)."""
+    B, T, _ = u.shape
+    A_bar, B_bar = self._discretize()
+    x, x_T = linear_scan(jnp.broadcast_to(A_bar, (B, T) + A_bar.shape),
+                         jnp.einsum("hn,bth->bthn", B_bar, u), x0, segment_ids=segment_ids)
+    return 2 * jnp.einsum("hn,bthn->bth", C, x).real, x_T
+
+  def _ssm_fft(self, u, C, x0, index, num_segments):
+    """The FFT convolution per segment k < num_segments (index: [B, T] segment of each token):
+    y_t = (K * u [index = k])_t for t in segment k, plus 2 Re(C A_bar^(t+1) x0) in segment 0;
+    x_T = sum_s A_bar^(T-1-s) B_bar u_s over the last segment (+ A_bar^T x0 if it is the
+    first)."""
     B, T, H = u.shape
     A_bar, B_bar = self._discretize()
-    if self.form == "scan" or segment_ids is not None:
-      x, x_T = linear_scan(jnp.broadcast_to(A_bar, (B, T) + A_bar.shape),
-                           jnp.einsum("hn,bth->bthn", B_bar, u), x0, segment_ids=segment_ids)
-      return 2 * jnp.einsum("hn,bthn->bth", C, x).real, x_T
     kernel = s4d_kernel(self.log_dt, -jnp.exp(self.log_A_real), self.A_imag, C, T,
                         self.discretization)
     # powers[..., l] = A_bar^l, l = 0 .. T
     lags = jnp.arange(T + 1, dtype=A_bar.real.dtype)
     powers = jnp.exp(jnp.einsum("hn,l->hnl", jnp.log(A_bar), lags))
-    y = causal_conv(u, kernel) + 2 * jnp.einsum("hn,hnt,bhn->bth", C, powers[..., 1:], x0).real
-    # x_T = A_bar^T x0 + sum_s A_bar^(T-1-s) B_bar u_s
-    x_T = (jnp.einsum("hn,bhn->bhn", powers[..., T], x0)
-           + jnp.einsum("hn,hns,bsh->bhn", B_bar, powers[..., T - 1::-1], u))
+    masks = (jnp.arange(num_segments)[:, None, None] == index[None]).astype(u.dtype)
+    y = causal_conv(jnp.einsum("kbt,bth->kbth", masks, u).reshape(-1, T, H), kernel)
+    y = jnp.einsum("kbt,kbth->bth", masks, y.reshape(num_segments, B, T, H))
+    first = (index == 0).astype(u.dtype)
+    y = y + first[..., None] * 2 * jnp.einsum("hn,hnt,bhn->bth", C, powers[..., 1:], x0).real
+    last = index[:, -1]
+    u_last = jnp.einsum("bt,bth->bth", (index == last[:, None]).astype(u.dtype), u)
+    x_T = (jnp.einsum("b,hn,bhn->bhn", (last == 0).astype(u.dtype), powers[..., T], x0)
+           + jnp.einsum("hn,hns,bsh->bhn", B_bar, powers[..., T - 1::-1], u_last))
     return y, x_T
 
   def _output(self, u: jax.Array, y: jax.Array) -> jax.Array:

@@ -118,3 +118,31 @@ def test_bad_state_raises():
   variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, H)))
   with pytest.raises(ValueError, match=r"S4D: state must have shape \[B, H, N/2\]"):
     module.apply(variables, jnp.zeros((1, 4, H)), jnp.zeros((1, H, N), jnp.complex64))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fft_form_with_two_segments_equals_scan_form(causal):
+  """Rows of text + padding (or two documents) stay on the FFT form, exactly: outputs, final
+  state, gradients (initial state included) equal the scan's; a row of three segments sends
+  the batch to the scan."""
+  fft = S4D(H, N, causal=causal, **F64)
+  scan = fft.clone(form="scan")
+  x = harness.rand(0, (B, T, H))
+  variables = harness.init_variables(fft, jax.random.key(0), x)
+  x0 = harness.rand(1, (B, H, N // 2), jnp.complex128) if causal else None
+  two = jnp.asarray([[1] * 7 + [0] * 5, [3] * 4 + [5] * 8])
+
+  def fn(module):
+    return lambda xs, h0, segment_ids: module.apply(variables, xs[0], h0, segment_ids)
+
+  if causal:
+    harness.assert_form_matches_reference(fn(fft), fn(scan), (x,), x0, segment_ids=two,
+                                          what="FFT vs scan, two segments")
+  else:
+    harness.assert_close(fn(fft)((x,), None, two)[0], fn(scan)((x,), None, two)[0],
+                         harness.OUT_TOL, "bidirectional FFT vs scan, two segments")
+  jaxpr = str(jax.make_jaxpr(fn(fft))((x,), x0, two))
+  assert "cond" in jaxpr and "fft" in jaxpr
+  three = jnp.asarray([[1] * 4 + [2] * 4 + [0] * 4, [1] * 12])
+  harness.assert_close(fn(fft)((x,), x0, three)[0], fn(scan)((x,), x0, three)[0],
+                       harness.OUT_TOL, "three segments (scan branch)")
