@@ -3,7 +3,8 @@
 Every parameter carries logical axis names (layers/axes.py); `config.mesh.rules` map them onto
 the mesh axes by flax's rules (in order: a logical axis takes the first rule whose mesh axes
 are still free in that array). An axis whose size the mesh axes do not divide stays
-replicated. The batch is the logical axis "batch". Optimizer moments follow their parameter;
+replicated; a parameter the rules keep off "fsdp" is FSDP-sharded along its largest free axis
+that fsdp divides. The batch is the logical axis "batch". Optimizer moments follow their parameter;
 everything else is replicated. JAX's SPMD partitioner (Auto axis types) does the rest.
 """
 from __future__ import annotations
@@ -61,13 +62,17 @@ def check_rules(rules) -> None:
 
 
 def mesh_spec(names: P | None, shape: tuple[int, ...], mesh, rules) -> P:
-  """The PartitionSpec over `mesh` of an array with logical axis `names` (None: no names,
-  replicated) under `rules`; an axis whose size its mesh axes do not divide is replicated."""
-  if names is None:
-    return P()
-  spec = _mesh_axes(names, rules)
-  return P(*(t if t is None or n % mesh_size(mesh, t) == 0 else None
-             for t, n in zip(spec, shape)))
+  """The PartitionSpec over `mesh` of a parameter with logical axis `names` (None: no names)
+  under `rules`; an axis whose size its mesh axes do not divide is replicated. FSDP covers
+  every parameter: one the rules keep off "fsdp" is sharded over it along its largest
+  unsharded axis that fsdp divides (replicated when there is none)."""
+  spec = [None] * len(shape) if names is None else list(_mesh_axes(names, rules))
+  spec = [t if t is None or n % mesh_size(mesh, t) == 0 else None for t, n in zip(spec, shape)]
+  used = {a for t in spec if t is not None for a in ((t,) if isinstance(t, str) else t)}
+  free = [a for a, t in enumerate(spec) if t is None and shape[a] % mesh.shape["fsdp"] == 0]
+  if mesh.shape["fsdp"] > 1 and "fsdp" not in used and free:
+    spec[max(free, key=lambda a: shape[a])] = "fsdp"
+  return P(*spec)
 
 
 def _mesh_axes(names, rules) -> P:

@@ -66,23 +66,33 @@ def test_optimizer_moments_follow_their_parameter_and_the_rest_is_replicated():
 
 
 def test_axes_the_mesh_does_not_divide_stay_replicated():
-  _, s = _shardings("mamba", rules=((axes.STATE, "model"), (axes.EMBED, "fsdp")))
-  mixer = s.params["backbone"]["blocks_0"]["mixer"]
-  assert mixer["A_log"].spec == P(None, "model")                 # [E = 64, N = 16]
-  s3 = sharding.mesh_spec(P(axes.EMBED, axes.STATE), (3, 16), MESH,
-                          ((axes.STATE, "model"), (axes.EMBED, "fsdp")))
-  assert s3 == P(None, "model")
+  rules = ((axes.STATE, "model"), (axes.EMBED, "fsdp"))
+  _, s = _shardings("mamba", rules=rules)
+  assert s.params["backbone"]["blocks_0"]["mixer"]["A_log"].spec == P("fsdp", "model")  # [64, 16]
+  assert sharding.mesh_spec(P(axes.EMBED, axes.STATE), (3, 16), MESH, rules) == P(None, "model")
+  assert sharding.mesh_spec(P(axes.EMBED, axes.STATE), (3, 5), MESH, rules) == P(None, None)
+
+
+def test_fsdp_takes_the_largest_free_axis_of_parameters_the_rules_keep_off_it():
+  _, s = _shardings("mamba")  # A_log [E, N] = [mlp -> model, state: no rule]
+  assert s.params["backbone"]["blocks_0"]["mixer"]["A_log"].spec == P("model", "fsdp")
+  spec = sharding.mesh_spec(P(axes.STATE, axes.CONV), (8, 12), MESH, sharding.DEFAULT_RULES)
+  assert spec == P(None, "fsdp")
+  no_fsdp = AbstractMesh((4, 1, 2), sharding.AXES)
+  assert sharding.mesh_spec(P(axes.STATE, axes.CONV), (8, 12), no_fsdp, ()) == P(None, None)
 
 
 def test_rules_choose_the_layout():
-  """No rule for a name: replicated; a mesh axis serves one array axis only."""
-  _, s = _shardings("attention", rules=((axes.HEADS, ("fsdp", "model")),))
-  block = s.params["backbone"]["blocks_0"]
-  assert block["mixer"]["qkv_proj"]["kernel"].spec == P(None, None, None, None)  # 2 heads < 4
-  assert block["mlp"]["in_proj"]["kernel"].spec == P(None, None)
+  """No rule for a name: replicated (without fsdp); a mesh axis serves one array axis only."""
+  mesh = AbstractMesh((2, 1, 4), sharding.AXES)
+  rules = ((axes.HEADS, "model"),)
+  assert sharding.mesh_spec(P(axes.EMBED, None, axes.HEADS, axes.HEAD_DIM), (32, 3, 2, 16),
+                            mesh, rules) == P(None, None, None, None)  # 2 heads, 4 devices
+  assert sharding.mesh_spec(P(axes.EMBED, None, axes.HEADS, axes.HEAD_DIM), (32, 3, 8, 16),
+                            mesh, rules) == P(None, None, "model", None)
   spec = sharding.mesh_spec(P(axes.EMBED, axes.MLP), (32, 64), MESH,
                             ((axes.EMBED, "model"), (axes.MLP, "model")))
-  assert spec == P("model", None)
+  assert spec == P("model", "fsdp")
 
 
 @pytest.mark.parametrize("rules, message", [
