@@ -1,9 +1,14 @@
 """Time and memory of every XLA form of `linear_attention` and `gated_delta_rule`.
 
 Forward and forward+backward (gradients of every input), jitted, min over repetitions after a
-warm-up; memory is XLA's compiled temp allocation (`memory_analysis().temp_size_in_bytes`).
+warm-up, the forms of one (op, T) timed in turn run by run; memory is XLA's compiled temp
+allocation (`memory_analysis().temp_size_in_bytes`).
 
-  python -m benchmarks.linear_attention [--quick] [--out benchmarks/results/linear_attention.json]
+  python -m benchmarks.linear_attention [--quick] [--lengths 2048,4096] [--chunk-size 32]
+      [--out benchmarks/results/linear_attention.json]
+
+On a shared CPU compare the speedup columns (reference and chunk timed in the same run), not
+milliseconds across runs.
 """
 from __future__ import annotations
 
@@ -41,14 +46,16 @@ def _inputs(T, seed=0):
               initial_state=f32(rng.standard_normal((B, H, K, V))))
 
 
-def _functions(op, impl):
+def _functions(op, impl, chunk_size=None):
   """(forward, forward+backward) taking the dict of inputs."""
+  extra = {} if chunk_size is None or impl != "chunk" else dict(chunk_size=chunk_size)
+
   def forward(x):
     if op == "linear_attention":
       return linear_attention(x["q"], x["k"], x["v"], x["g"], impl=impl,
-                              initial_state=x["initial_state"])
+                              initial_state=x["initial_state"], **extra)
     return gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], impl=impl,
-                            initial_state=x["initial_state"])
+                            initial_state=x["initial_state"], **extra)
 
   def loss(x):
     o, final = forward(x)
@@ -57,33 +64,47 @@ def _functions(op, impl):
   return forward, jax.grad(loss)
 
 
-def _measure(fn, x, reps):
-  compiled = jax.jit(fn).lower(x).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  if temp > MAX_TEMP_BYTES:
-    return None, temp
-  jax.block_until_ready(compiled(x))
-  times = []
-  while len(times) < reps or (sum(times) < MIN_TOTAL_S and len(times) < 50):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(x))
-    times.append(time.perf_counter() - start)
-  return min(times), temp
+def _measure(fns, x, reps):
+  """{name: (min seconds or None, temp bytes)} for jitted fns, timed round-robin.
+
+  The forms are interleaved run by run, so load from other processes on a shared machine hits
+  them alike and the speedups stay comparable. reps: {name: at least this many timed runs}.
+  """
+  compiled, results, times = {}, {}, {}
+  for name, fn in fns.items():
+    executable = jax.jit(fn).lower(x).compile()
+    temp = executable.memory_analysis().temp_size_in_bytes
+    results[name] = (None, temp)
+    if temp <= MAX_TEMP_BYTES:
+      jax.block_until_ready(executable(x))
+      compiled[name], times[name] = executable, []
+  more = lambda name: (len(times[name]) < reps[name]
+                       or (sum(times[name]) < MIN_TOTAL_S and len(times[name]) < 50))
+  while any(more(name) for name in compiled):
+    for name, executable in compiled.items():
+      if more(name):
+        start = time.perf_counter()
+        jax.block_until_ready(executable(x))
+        times[name].append(time.perf_counter() - start)
+  return {name: (min(times[name]) if name in times else None, temp)
+          for name, (_, temp) in results.items()}
 
 
-def run(lengths, reps, reference_budget_s):
+def run(lengths, reps, reference_budget_s, chunk_size=None):
   rows = []
   for op, forms in FORMS.items():
     for T in lengths:
       x = _inputs(T)
-      for impl in forms:
-        row = dict(op=op, impl=impl, T=T)
-        for name, fn in zip(("fwd", "fwd_bwd"), _functions(op, impl)):
-          # the sequential reference gets fewer repetitions once one run is long
-          n = reps if impl != "reference" or T * reps <= reference_budget_s * 1000 else 2
-          seconds, temp = _measure(fn, x, n)
-          row[f"{name}_ms"] = None if seconds is None else seconds * 1e3
-          row[f"{name}_temp_mib"] = temp / 2**20
+      rows_t = {impl: dict(op=op, impl=impl, T=T) for impl in forms}
+      for i, name in enumerate(("fwd", "fwd_bwd")):
+        fns = {impl: _functions(op, impl, chunk_size)[i] for impl in forms}
+        # the sequential reference gets fewer repetitions once one run is long
+        n = {impl: reps if impl != "reference" or T * reps <= reference_budget_s * 1000 else 2
+             for impl in forms}
+        for impl, (seconds, temp) in _measure(fns, x, n).items():
+          rows_t[impl][f"{name}_ms"] = None if seconds is None else seconds * 1e3
+          rows_t[impl][f"{name}_temp_mib"] = temp / 2**20
+      for row in rows_t.values():
         rows.append(row)
         print(_format(row), flush=True)
   for row in rows:
@@ -109,12 +130,17 @@ def _format(row):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help=f"T in {QUICK_LENGTHS} only")
+  parser.add_argument("--lengths", type=lambda s: tuple(int(t) for t in s.split(",")),
+                      help=f"comma-separated T values (default {','.join(map(str, LENGTHS))})")
+  parser.add_argument("--chunk-size", type=int, help="chunk_size of the chunk forms "
+                      "(default: the ops' default)")
   parser.add_argument("--reps", type=int, default=5, help="at least this many timed runs")
   parser.add_argument("--reference-budget-s", type=float, default=10.0,
                       help="cap the reference at 2 repetitions when T * reps exceeds 1000x this")
   parser.add_argument("--out", default="benchmarks/results/linear_attention.json")
   args = parser.parse_args()
-  rows = run(QUICK_LENGTHS if args.quick else LENGTHS, args.reps, args.reference_budget_s)
+  lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
+  rows = run(lengths, args.reps, args.reference_budget_s, args.chunk_size)
   print("\nsummary (min over repetitions; temp = XLA compiled temp allocation)")
   for row in rows:
     print(_format(row))
@@ -124,6 +150,7 @@ def main():
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(dict(machine=machine, shape=dict(B=B, H=H, K=K, V=V),
+                                 chunk_size=args.chunk_size or "default",
                                  dtype="float32", rows=rows), indent=2))
   print(f"wrote {out}")
 

@@ -49,7 +49,7 @@ class Based(nn.Module):
   head_dim: int | None = None  # V; default d_model // num_heads
   eps: float = 1e-6
   impl: str = "auto"
-  chunk_size: int = 64
+  chunk_size: int = 32  # the op default: fastest on CPU (benchmarks/linear_attention.py)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 

@@ -1,27 +1,29 @@
-"""Shared by the matrix-state ops `linear_attention` and `gated_delta_rule`: input checks and
-the chunkwise machinery: a `lax.scan` over chunks of C steps whose (rematerialised) body
-computes one chunk from the state entering it, with gate decays masked at segment boundaries.
+"""Shared by the matrix-state ops `linear_attention` and `gated_delta_rule` (and the chunk form
+of `selective_scan`): input checks and the chunkwise machinery: a loop over chunks of C steps
+whose body computes one chunk from the state entering it (recomputed in the backward pass),
+with gate decays masked at segment boundaries.
 
 T is zero-padded to N * C steps; padding (k = v = g = beta = 0) leaves the state unchanged.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from einops import rearrange
 from jax import lax
 
 from layers.ops import _common
 
 
 def prepare(op, q, k, v, gates, scale, initial_state, segment_ids, chunk_size):
-  """Checks shapes, casts to the accumulation dtype and scales q.
+  """Checks shapes, casts to the accumulation dtype and resolves the q scale.
 
   gates: {name: [B, T, H] or None}; a None gate `g` becomes zeros (no decay), others stay None.
-  Returns (q * scale, k, v, {name: gate}, h0 [B, H, K, V], resets [B, T]), all in the
-  accumulation dtype (resets bool).
+  Returns (q, k, v, {name: gate}, h0 [B, H, K, V], resets [B, T], scale), arrays in the
+  accumulation dtype (resets bool). The forms multiply q by `scale` themselves (the chunk forms
+  per chunk, which spares a sequence-sized temporary).
   """
   _common.check_rank(op, "q", q, 4, "[B, T, H, K]")
   _common.check_shape(op, "k", k, jnp.shape(q), "[B, T, H, K] like q")
@@ -46,32 +48,96 @@ def prepare(op, q, k, v, gates, scale, initial_state, segment_ids, chunk_size):
   h0 = (jnp.zeros((B, H, K, V), dtype) if initial_state is None
         else initial_state.astype(dtype))
   resets = _common.segment_starts(segment_ids, B, T)
-  return (q.astype(dtype) * scale, k.astype(dtype), v.astype(dtype), gates, h0, resets)
-
-
-def to_chunks(x, size):
-  """[B, T, H, ...] -> [N, B, H, C, ...], zero-padded to N = ceil(T / C) chunks."""
-  pad = -x.shape[1] % size
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  return rearrange(x, "b (n c) h ... -> n b h c ...", c=size)
-
-
-def from_chunks(x, length):
-  """[N, B, H, C, ...] -> [B, T, H, ...], dropping the padding."""
-  return rearrange(x, "n b h c ... -> b (n c) h ...")[:, :length]
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, h0, resets, scale
 
 
 def scan_chunks(body, h0, xs, chunk_size):
   """Runs `body(state, chunk) -> (state, o)` over chunks of C = min(chunk_size, T) steps.
 
   xs: [B, T, H, ...] arrays, seen by the body as [B, H, C, ...]; o: [B, H, C, V].
-  The body is rematerialised, so the backward pass keeps only the N carried states.
   Returns o: [B, T, H, V] and the final state.
+
+  A `fori_loop` over the N = ceil(T / C) chunks reads chunk n of the [B, N, C, H, ...] view of
+  each input (a free reshape) and writes its output in place into [B, N, C, H, V]: no
+  whole-sequence transposes or stacked scan outputs, so temporaries stay O(one chunk) (on CPU,
+  fresh sequence-sized buffers cost more than the chunk matmuls). The backward pass (a
+  custom_vjp) keeps only the N states entering the chunks and runs the loop in reverse,
+  recomputing each chunk, carrying dS and writing each chunk's input gradients in place.
   """
-  length = xs[0].shape[1]
+  batch, length = xs[0].shape[:2]
   size = min(chunk_size, length)
-  final, o = lax.scan(jax.checkpoint(body), h0, [to_chunks(x, size) for x in xs])
-  return from_chunks(o, length), final
+  num = -(-length // size)
+  pad = num * size - length
+  xs = [jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x for x in xs]
+  xs = [x.reshape(batch, num, size, *x.shape[2:]) for x in xs]
+  # closed-over arrays (e.g. selective_scan's A) become explicit, differentiable arguments
+  body, consts = jax.closure_convert(body, h0, _chunk_at(xs, 0))
+  final, out = _chunk_loop(body, h0, xs, consts)
+  out = out.reshape(batch, num * size, *out.shape[3:])
+  return (out[:, :length] if pad else out), final
+
+
+def _chunk_at(xs, n):
+  """Chunk n of [B, N, C, H, ...] arrays, as [B, H, C, ...]."""
+  return [jnp.swapaxes(lax.dynamic_index_in_dim(x, n, 1, keepdims=False), 1, 2) for x in xs]
+
+
+def _put_chunk(buffer, x, n):
+  """Writes x [B, H, C, ...] as chunk n of `buffer` [B, N, C, H, ...]."""
+  x = jnp.swapaxes(x, 1, 2).astype(buffer.dtype)
+  return lax.dynamic_update_index_in_dim(buffer, x, n, 1)
+
+
+def _run_chunks(body, h0, xs, consts, keep_states):
+  """The forward loop: (final state, out [B, N, C, H, V]) and, if asked, the N entry states."""
+  num = xs[0].shape[1]
+  o = jax.eval_shape(lambda s, c: body(s, c, *consts)[1], h0, _chunk_at(xs, 0))
+  out = jnp.zeros((o.shape[0], num, o.shape[2], o.shape[1], *o.shape[3:]), o.dtype)
+  states = jnp.zeros((num, *h0.shape), h0.dtype) if keep_states else None
+
+  def step(n, carry):
+    state, out, states = carry
+    if keep_states:
+      states = lax.dynamic_update_index_in_dim(states, state, n, 0)
+    state, o = body(state, _chunk_at(xs, n), *consts)
+    return state, _put_chunk(out, o, n), states
+
+  final, out, states = lax.fori_loop(0, num, step, (h0, out, states))
+  return (final, out), states
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunk_loop(body, h0, xs, consts):
+  return _run_chunks(body, h0, xs, consts, keep_states=False)[0]
+
+
+def _chunk_loop_fwd(body, h0, xs, consts):
+  results, states = _run_chunks(body, h0, xs, consts, keep_states=True)
+  return results, (states, xs, consts)
+
+
+def _chunk_loop_bwd(body, residuals, cotangents):
+  """Chunks in reverse: recompute chunk n from its entry state, pull back (dS, do_n)."""
+  states, xs, consts = residuals
+  d_final, d_out = cotangents
+  differentiable = [jnp.issubdtype(x.dtype, jnp.inexact) for x in xs]
+  d_xs = [jnp.zeros_like(x) if d else None for x, d in zip(xs, differentiable)]
+
+  def step(i, carry):
+    n = xs[0].shape[1] - 1 - i
+    d_state, d_xs, d_consts = carry
+    chunk = _chunk_at(xs, n)
+    _, vjp = jax.vjp(lambda s, c, *k: body(s, c, *k), states[n], chunk, *consts)
+    d_state, d_chunk, *d_consts_n = vjp((d_state, _chunk_at([d_out], n)[0]))
+    d_xs = [None if d is None else _put_chunk(d, dc, n) for d, dc in zip(d_xs, d_chunk)]
+    return d_state, d_xs, [a + b for a, b in zip(d_consts, d_consts_n)]
+
+  d_h0, d_xs, d_consts = lax.fori_loop(
+      0, xs[0].shape[1], step, (d_final, d_xs, [jnp.zeros_like(c) for c in consts]))
+  return d_h0, d_xs, d_consts
+
+
+_chunk_loop.defvjp(_chunk_loop_fwd, _chunk_loop_bwd)
 
 
 class ChunkDecay(NamedTuple):
@@ -129,5 +195,5 @@ def chunk_output(q, k, u, decay: ChunkDecay, state):
 
 def state_update(state, k, u, decay: ChunkDecay):
   """S_out = carry S_in + sum_j exit_j k_j u_j^T (shapes as in `chunk_output`)."""
-  return (decay.carry[..., None, None] * state
-          + jnp.einsum("bhck,bhcv->bhkv", k * decay.exit[..., None], u))
+  k_exit = jnp.swapaxes(k, -1, -2) * decay.exit[..., None, :]  # [B, H, K, C]: a plain matmul
+  return decay.carry[..., None, None] * state + jnp.einsum("bhkc,bhcv->bhkv", k_exit, u)

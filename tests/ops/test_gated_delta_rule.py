@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from layers.ops import gated_delta_rule
+from layers.ops.gated_delta_rule import xla
 from tests import harness
 
 B, H, K, V = 2, 2, 8, 6
@@ -60,7 +61,7 @@ def test_chunk_matches_reference(T):
                                         what=f"chunk T={T}")
 
 
-@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+@pytest.mark.parametrize("chunk_size", [16, 32, 48, 64])
 def test_chunk_sizes(chunk_size):
   T = 200
   xs, h0 = _inputs(T, seed=1)
@@ -68,6 +69,20 @@ def test_chunk_sizes(chunk_size):
       _op("chunk", chunk_size), _op("reference"), xs, h0,
       harness.packed_segment_ids(B, T, seed=1, num_segments=5),
       what=f"chunk C={chunk_size}")
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 24, 48, 64])
+def test_unit_lower_inverse(size):
+  """(I + L)^{-1} by blocked substitution, and its custom gradient, against jnp.linalg.inv."""
+  lower = jnp.tril(harness.rand(size, (3, size, size), low=-1.0, high=1.0), -1)
+  eye = jnp.broadcast_to(jnp.eye(size), lower.shape)
+  harness.assert_close(xla.unit_lower_inverse(lower), jnp.linalg.inv(eye + lower), 1e-10,
+                       f"inverse C={size}")
+  weights = harness.rand(size + 1, (3, size, size))
+  grad = lambda inverse: jax.grad(lambda x: jnp.sum(weights * inverse(x)))(lower)
+  harness.assert_close(jnp.tril(grad(xla.unit_lower_inverse), -1),
+                       jnp.tril(grad(lambda x: jnp.linalg.inv(eye + x)), -1), 1e-10,
+                       f"inverse gradient C={size}")
 
 
 def test_deltanet_without_gate():

@@ -58,7 +58,7 @@ def test_form_matches_reference(impl, T):
                                         what=f"{impl} T={T}")
 
 
-@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+@pytest.mark.parametrize("chunk_size", [16, 32, 48, 64])
 def test_chunk_sizes(chunk_size):
   T = 200
   xs, h0 = _inputs(T, seed=1)

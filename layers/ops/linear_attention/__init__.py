@@ -19,7 +19,7 @@ _FORMS = {
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None = None, *,
                      scale: float | None = None, initial_state: jax.Array | None = None,
                      segment_ids: jax.Array | None = None, impl: str = "auto",
-                     chunk_size: int = 64) -> tuple[jax.Array, jax.Array]:
+                     chunk_size: int = 32) -> tuple[jax.Array, jax.Array]:
   """S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t).
 
   Args:
@@ -31,20 +31,21 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "parallel" (masked quadratic, O(T^2) memory) |
       "chunk" (quadratic within chunks, state passed between them) | "auto".
-    chunk_size: C for "chunk" (T is padded to a multiple of C internally).
+    chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
+      on CPU (benchmarks/linear_attention.py).
   Returns:
     o: [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in the accumulation dtype
     (float32 or wider).
   """
   op = "linear_attention"
   out_dtype = jnp.result_type(v)
-  q, k, v, gates, h0, resets = _chunk.prepare(
+  q, k, v, gates, h0, resets, scale = _chunk.prepare(
       op, q, k, v, {"g": g}, scale, initial_state, segment_ids, chunk_size)
   # on CPU "chunk" is as fast as "parallel" at T = 128 and faster beyond (benchmarks/)
   form = _FORMS[_common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="chunk")]
   if form is xla.chunk:
     form = functools.partial(form, chunk_size=chunk_size)
-  o, final = form(q, k, v, gates["g"], h0, resets)
+  o, final = form(q, k, v, gates["g"], h0, resets, scale=scale)
   return o.astype(out_dtype), final
 
 
