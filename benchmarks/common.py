@@ -23,17 +23,37 @@ def machine() -> dict:
   }
 
 
+def time_fns(fns: dict, *args, repeats=5, min_seconds: float = 0.0,
+             max_runs: int | None = None) -> dict:
+  """{name: best wall time in seconds of the jitted fns[name](*args)} after one warm-up each.
+
+  The functions are timed in turn, run by run, so load from other processes on a shared
+  machine hits them alike and their ratios stay comparable. Each runs at least `repeats`
+  times (an int, or {name: int}), more while its total is under `min_seconds` (at most
+  `max_runs` then)."""
+  for fn in fns.values():
+    jax.block_until_ready(fn(*args))
+  least = repeats if isinstance(repeats, dict) else dict.fromkeys(fns, repeats)
+  times = {name: [] for name in fns}
+
+  def more(name):
+    t = times[name]
+    return len(t) < least[name] or (sum(t) < min_seconds
+                                    and (max_runs is None or len(t) < max_runs))
+
+  while any(more(name) for name in fns):
+    for name, fn in fns.items():
+      if more(name):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times[name].append(time.perf_counter() - start)
+  return {name: min(t) for name, t in times.items()}
+
+
 def time_fn(fn, *args, repeats: int = 5, min_seconds: float = 0.0) -> float:
   """Best wall time in seconds of the jitted `fn(*args)` over `repeats` runs after one warm-up
   (more runs while their total is under `min_seconds`)."""
-  jax.block_until_ready(fn(*args))
-  best, total, n = float("inf"), 0.0, 0
-  while n < repeats or total < min_seconds:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    elapsed = time.perf_counter() - start
-    best, total, n = min(best, elapsed), total + elapsed, n + 1
-  return best
+  return time_fns({"fn": fn}, *args, repeats=repeats, min_seconds=min_seconds)["fn"]
 
 
 def temp_bytes(fn, *args) -> int:

@@ -17,12 +17,12 @@ import json
 import os
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from layers.ops import gated_delta_rule, linear_attention
 
 B, H, K, V = 2, 4, 64, 64
@@ -65,29 +65,18 @@ def _functions(op, impl, chunk_size=None):
 
 
 def _measure(fns, x, reps):
-  """{name: (min seconds or None, temp bytes)} for jitted fns, timed round-robin.
-
-  The forms are interleaved run by run, so load from other processes on a shared machine hits
-  them alike and the speedups stay comparable. reps: {name: at least this many timed runs}.
-  """
-  compiled, results, times = {}, {}, {}
+  """{name: (min seconds or None, temp bytes)} for jitted fns, each compiled once; forms whose
+  temp exceeds MAX_TEMP_BYTES are not run, the others are timed interleaved run by run
+  (`common.time_fns`). reps: {name: at least this many timed runs}."""
+  compiled, temps = {}, {}
   for name, fn in fns.items():
     executable = jax.jit(fn).lower(x).compile()
-    temp = executable.memory_analysis().temp_size_in_bytes
-    results[name] = (None, temp)
-    if temp <= MAX_TEMP_BYTES:
-      jax.block_until_ready(executable(x))
-      compiled[name], times[name] = executable, []
-  more = lambda name: (len(times[name]) < reps[name]
-                       or (sum(times[name]) < MIN_TOTAL_S and len(times[name]) < 50))
-  while any(more(name) for name in compiled):
-    for name, executable in compiled.items():
-      if more(name):
-        start = time.perf_counter()
-        jax.block_until_ready(executable(x))
-        times[name].append(time.perf_counter() - start)
-  return {name: (min(times[name]) if name in times else None, temp)
-          for name, (_, temp) in results.items()}
+    temps[name] = executable.memory_analysis().temp_size_in_bytes
+    if temps[name] <= MAX_TEMP_BYTES:
+      compiled[name] = executable
+  seconds = common.time_fns(compiled, x, repeats={name: reps[name] for name in compiled},
+                            min_seconds=MIN_TOTAL_S, max_runs=50)
+  return {name: (seconds.get(name), temp) for name, temp in temps.items()}
 
 
 def run(lengths, reps, reference_budget_s, chunk_size=None):

@@ -48,8 +48,9 @@ class S4D(nn.Module):
   plus 2 Re(C A_bar^(t+1) x_{-1}) from the state, one convolution per segment for packed
   rows of up to FFT_SEGMENTS segments (padded classification inputs); "scan": the recurrence
   through `linear_scan`, which the layer switches to by itself for rows of more segments.
-  State: x, complex [B, H, N/2]. causal=False is the bidirectional form (LRA): a second C runs the same SSM
-  backwards in time and the two outputs add; it takes no state and has no step.
+  State: x, complex [B, H, N/2]. causal=False is the bidirectional form (LRA): a second C
+  runs the same SSM backwards in time and the two outputs add; it takes no state and has no
+  step.
   """
   d_model: int
   d_state: int = 64

@@ -55,8 +55,7 @@ def check_rules(rules) -> None:
     if len(rule) != 2 or rule[0] not in logical:
       raise ValueError(f"mesh.rules: {tuple(rule)!r} must be (logical axis, mesh axes) with a "
                        f"logical axis among {', '.join(logical)}")
-    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
-    if any(t is not None and t not in AXES for t in targets):
+    if any(t not in AXES for t in _axis_names(rule[1])):
       raise ValueError(f"mesh.rules: {tuple(rule)!r} names a mesh axis not in {AXES} "
                        f"(None: replicated)")
 
@@ -68,7 +67,7 @@ def mesh_spec(names: P | None, shape: tuple[int, ...], mesh, rules) -> P:
   unsharded axis that fsdp divides (replicated when there is none)."""
   spec = [None] * len(shape) if names is None else list(_mesh_axes(names, rules))
   spec = [t if t is None or n % mesh_size(mesh, t) == 0 else None for t, n in zip(spec, shape)]
-  used = {a for t in spec if t is not None for a in ((t,) if isinstance(t, str) else t)}
+  used = {a for t in spec for a in _axis_names(t)}
   free = [a for a, t in enumerate(spec) if t is None and shape[a] % mesh.shape["fsdp"] == 0]
   if mesh.shape["fsdp"] > 1 and "fsdp" not in used and free:
     spec[max(free, key=lambda a: shape[a])] = "fsdp"
@@ -83,10 +82,15 @@ def _mesh_axes(names, rules) -> P:
 
 def mesh_size(mesh, mesh_axes) -> int:
   """Devices along a mesh axis name, a tuple of them, or None (1)."""
+  return math.prod(mesh.shape[a] for a in _axis_names(mesh_axes))
+
+
+def _axis_names(mesh_axes) -> tuple:
+  """A rule's or spec entry's mesh axes as a tuple: None -> (), ("x", "y") -> itself, any
+  other single value ("x") -> ("x",)."""
   if mesh_axes is None:
-    return 1
-  return math.prod(mesh.shape[a] for a in ((mesh_axes,) if isinstance(mesh_axes, str)
-                                           else mesh_axes))
+    return ()
+  return tuple(mesh_axes) if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
 
 
 def param_names(model, inputs):

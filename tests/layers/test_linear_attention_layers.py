@@ -128,7 +128,8 @@ def test_allow_neg_eigval_changes_the_layer_and_keeps_step_equal_whole():
 
 
 def test_deltanet_has_no_decay_parameters():
-  params = harness.init_variables(DeltaNet(D, num_heads=2, head_dim=4), jax.random.key(0), jnp.ones((1, 3, D)))
+  params = harness.init_variables(DeltaNet(D, num_heads=2, head_dim=4), jax.random.key(0),
+                                  jnp.ones((1, 3, D)))
   assert set(params["params"]) == {"qkv_proj", "conv", "b_proj", "g_proj", "norm", "out_proj"}
   assert params["params"]["conv"]["kernel"].shape == (4, 2 * (4 + 4 + 8))
   assert params["params"]["norm"]["scale"].shape == (8,)  # per head, shared by the heads
