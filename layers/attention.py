@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common, axes
-from layers.ops import attention, attention_step, init_cache
-from layers.ops import _common as ops_common
+from layers import axes, common
+from layers.ops import attention, attention_prefill, attention_step, init_cache
+from layers.ops import common as ops_common
 from layers.rotary import apply_rotary
 
 
@@ -57,56 +57,23 @@ class Attention(nn.Module):
     """x: [B, T, D] -> (y: [B, T, D], KV cache after the last token).
 
     state=None starts from an empty cache of capacity C = window (or T); a given cache is
-    continued by its row's first segment (later segments start empty).
+    continued by its row's first segment (later segments start empty), `attention_prefill`.
     """
-    _common.check_input("Attention", x, self.d_model)
+    common.check_input("Attention", x, self.d_model)
     B, T, _ = x.shape
-    index, positions = _common.segment_positions(segment_ids, B, T)
+    index, positions = ops_common.segment_positions(segment_ids, B, T)
     if not self.causal:
       if state is not None:
         raise ValueError("Attention: the bidirectional form (causal=False) takes no state")
       q, k, v = self._qkv(x, positions)
-      dtype = ops_common.accumulation_dtype(q, k, v)
-      scores = jnp.einsum("bthk,bshk->bhts", q.astype(dtype), k.astype(dtype))
-      mask = (index[:, :, None] == index[:, None, :])[:, None]
-      weights = jax.nn.softmax(jnp.where(mask, scores * self.head_dim ** -0.5, -jnp.inf))
-      o = jnp.einsum("bhts,bshk->bthk", weights, v.astype(dtype)).astype(v.dtype)
+      o = attention(q, k, v, window=None, segment_ids=index, causal=False)
       return self.out_proj(o), None
-    if state is None:
-      q, k, v = self._qkv(x, positions)
-      o = attention(q, k, v, window=self.window, segment_ids=index)
-      C = self.window or T
-      empty = init_cache(B, C, self.num_heads, self.head_dim, self.head_dim, k.dtype)
-      return self.out_proj(o), self._write(empty, k, v, index, positions)
-    C = state["k"].shape[1]
-    ops_common.check_shape("Attention", "state['k']", state["k"],
-                           (B, C, self.num_heads, self.head_dim), "[B, C, H, K]")
-    # The cache in position order: entry j holds position pos - C + j (none if negative).
-    cache_positions = state["pos"][:, None] + jnp.arange(C)[None] - C
-    order = (cache_positions % C)[:, :, None, None]
-    old_k, old_v = (jnp.take_along_axis(state[name], order, axis=1) for name in ("k", "v"))
-    positions = positions + jnp.where(index == 0, state["pos"][:, None], 0)
+    if state is not None:  # the first segment continues at the cache's next position
+      positions = positions + jnp.where(index == 0, state["pos"][:, None], 0)
     q, k, v = self._qkv(x, positions)
-    index = jnp.concatenate([jnp.where(cache_positions >= 0, 0, -1), index], axis=1)
-    k, v = jnp.concatenate([old_k, k], axis=1), jnp.concatenate([old_v, v], axis=1)
-    o = attention(jnp.concatenate([jnp.zeros_like(old_k), q], axis=1), k, v, window=C,
-                  segment_ids=index)[:, C:]
-    positions = jnp.concatenate([cache_positions, positions], axis=1)
-    return self.out_proj(o), self._write(state, k, v, index, positions)
-
-  @staticmethod
-  def _write(cache: dict, k: jax.Array, v: jax.Array, index: jax.Array,
-             positions: jax.Array) -> dict:
-    """The cache after the sequence k, v: [B, S, H, K] (segment `index`, in-segment
-    `positions`: [B, S]): the last segment's last C tokens at slots position % C, zeros
-    elsewhere, pos = the last position + 1."""
-    C, S = cache["k"].shape[1], k.shape[1]
-    keep = (index == index[:, -1:]) & (jnp.arange(S)[None] >= S - C)
-    slots = jnp.where(keep, positions % C, C)  # slot C is out of range: dropped
-    scatter = jax.vmap(lambda buf, i, x: jnp.zeros_like(buf).at[i].set(x.astype(buf.dtype),
-                                                                      mode="drop"))
-    return {"k": scatter(cache["k"], slots, k), "v": scatter(cache["v"], slots, v),
-            "pos": (positions[:, -1] + 1).astype(cache["pos"].dtype)}
+    capacity = (self.window or T) if state is None else None
+    o, cache = attention_prefill(q, k, v, state, capacity=capacity, segment_ids=index)
+    return self.out_proj(o), cache
 
   def init_state(self, batch_size: int, max_len: int) -> dict:
     """An empty KV cache of capacity C = window (sliding) or max_len (full)."""
@@ -115,7 +82,7 @@ class Attention(nn.Module):
 
   def step(self, x_t: jax.Array, state: dict) -> tuple[jax.Array, dict]:
     """x_t: [B, D] -> (y_t: [B, D], cache with (k_t, v_t) written at pos, pos + 1)."""
-    _common.check_input("Attention", x_t, self.d_model, step=True)
+    common.check_input("Attention", x_t, self.d_model, step=True)
     if not self.causal:
       raise ValueError("Attention: the bidirectional form (causal=False) has no step")
     q, k, v = self._qkv(x_t, state["pos"])

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common, axes
-from layers.ops import _common as ops_common
+from layers import axes, common
+from layers.ops import common as ops_common
 
 ACTIVATIONS = {"none": lambda y: y, "silu": jax.nn.silu}
 
@@ -58,12 +58,12 @@ class ShortConv(nn.Module):
   def __call__(self, x: jax.Array, state: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """x: [B, T, D] -> (y: [B, T, D], state: the last W - 1 inputs of the last segment)."""
-    _common.check_input("ShortConv", x, self.d_model)
+    common.check_input("ShortConv", x, self.d_model)
     B, T, D = x.shape
     if state is None:
       state = self.init_state(B, T)
     ops_common.check_shape("ShortConv", "state", state, (B, self.width - 1, D), "[B, W - 1, D]")
-    index, _ = _common.segment_positions(segment_ids, B, T)
+    index, _ = ops_common.segment_positions(segment_ids, B, T)
     x_pad = jnp.concatenate([state, x.astype(state.dtype)], axis=1)
     index_pad = jnp.concatenate([jnp.zeros((B, self.width - 1), index.dtype), index], axis=1)
     same_segment = _windows(index_pad, self.width, T) == index[:, :, None]
@@ -78,6 +78,6 @@ class ShortConv(nn.Module):
 
   def step(self, x_t: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x_t: [B, D] -> (y_t: [B, D], the window shifted by one)."""
-    _common.check_input("ShortConv", x_t, self.d_model, step=True)
+    common.check_input("ShortConv", x_t, self.d_model, step=True)
     windows = jnp.concatenate([state, x_t.astype(state.dtype)[:, None]], axis=1)
     return self._mix(windows), windows[:, 1:]

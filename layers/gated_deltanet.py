@@ -13,11 +13,10 @@ from einops import rearrange
 from flax import linen as nn
 from jax import lax
 
-from layers import _common, axes
+from layers import axes, common, initializers
 from layers.conv import ShortConv
-from layers.mamba import dt_bias_init
 from layers.norm import GatedRMSNorm
-from layers.ops import _common as ops_common
+from layers.ops import common as ops_common
 from layers.ops import gated_delta_rule
 
 
@@ -98,7 +97,7 @@ class DeltaNet(nn.Module):
   def __call__(self, x: jax.Array, state: dict | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """x: [B, T, D] -> (y: [B, T, D], state after the last token)."""
-    _common.check_input(type(self).__name__, x, self.d_model)
+    common.check_input(type(self).__name__, x, self.d_model)
     if state is None:
       state = self.init_state(x.shape[0], x.shape[1])
     x = x.astype(self.dtype)
@@ -114,7 +113,7 @@ class DeltaNet(nn.Module):
 
   def step(self, x_t: jax.Array, state: dict) -> tuple[jax.Array, dict]:
     """x_t: [B, D] -> (y_t: [B, D], state): one conv step, one delta-rule step."""
-    _common.check_input(type(self).__name__, x_t, self.d_model, step=True)
+    common.check_input(type(self).__name__, x_t, self.d_model, step=True)
     x_t = x_t.astype(self.dtype)
     qkv, conv = self.conv.step(self.qkv_proj(x_t), state["conv"])
     y, S = self._delta_rule(x_t[:, None], qkv[:, None], state["S"], None, "reference")
@@ -140,10 +139,10 @@ class GatedDeltaNet(DeltaNet):
     H, low, high = self.num_heads, *self.A_init_range
     self.a_proj = self._dense(H, (axes.EMBED, axes.HEADS))
     self.A_log = self.param(
-        "A_log", axes.param(lambda key, shape, dtype: jnp.log(jax.random.uniform(
-            key, shape, dtype, low, high)), axes.HEADS), (H,), self.param_dtype)
+        "A_log", axes.param(initializers.log_uniform(low, high), axes.HEADS), (H,),
+        self.param_dtype)
     self.dt_bias = self.param(
-        "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
+        "dt_bias", axes.param(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor),
                               axes.HEADS), (H,), self.param_dtype)
 
   def log_decay(self, x: jax.Array) -> jax.Array:

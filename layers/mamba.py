@@ -15,25 +15,11 @@ import numpy as np
 from einops import rearrange, repeat
 from flax import linen as nn
 
-from layers import _common, axes
+from layers import axes, common, initializers
 from layers.conv import ShortConv
 from layers.norm import GatedRMSNorm
-from layers.ops import _common as ops_common
+from layers.ops import common as ops_common
 from layers.ops import linear_attention, selective_scan
-
-
-def dt_bias_init(dt_min: float, dt_max: float, floor: float):
-  """Initializer of the inverse-softplus bias b with softplus(b) = dt, dt = max(floor,
-  exp(U[log dt_min, log dt_max]))."""
-  def init(key, shape, dtype):
-    dt = jnp.exp(jax.random.uniform(key, shape, dtype, np.log(dt_min), np.log(dt_max)))
-    dt = jnp.maximum(dt, floor)
-    return dt + jnp.log(-jnp.expm1(-dt))
-  return init
-
-
-def _uniform(low: float, high: float):
-  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, low, high)
 
 
 class _ConvSSM(nn.Module):
@@ -56,7 +42,7 @@ class _ConvSSM(nn.Module):
   def __call__(self, x: jax.Array, state: dict | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """x: [B, T, D] -> (y: [B, T, D], state after the last token)."""
-    _common.check_input(type(self).__name__, x, self.d_model)
+    common.check_input(type(self).__name__, x, self.d_model)
     if state is None:
       state = self.init_state(x.shape[0], x.shape[1])
     xc, rest = self._split(self.in_proj(x.astype(self.dtype)))
@@ -71,7 +57,7 @@ class _ConvSSM(nn.Module):
 
   def step(self, x_t: jax.Array, state: dict) -> tuple[jax.Array, dict]:
     """x_t: [B, D] -> (y_t: [B, D], state): one conv step, one SSM step."""
-    _common.check_input(type(self).__name__, x_t, self.d_model, step=True)
+    common.check_input(type(self).__name__, x_t, self.d_model, step=True)
     xc, rest = self._split(self.in_proj(x_t.astype(self.dtype)))
     xc, conv = self.conv.step(xc, state["conv"])
     y, ssm = self._core(xc[:, None], jax.tree.map(lambda a: a[:, None], rest), state["ssm"],
@@ -90,7 +76,7 @@ class Mamba(_ConvSSM):
   """
   d_model: int
   d_state: int = 16
-  d_conv: int = 4
+  conv_width: int = 4
   expand: int = 2
   dt_rank: int | None = None
   dt_min: float = 1e-3
@@ -105,19 +91,18 @@ class Mamba(_ConvSSM):
     E, N, pd = self.expand * self.d_model, self.d_state, self.param_dtype
     self.rank = self.dt_rank or math.ceil(self.d_model / 16)
     self.in_proj = self._dense(2 * E, axes.EMBED, axes.MLP)
-    self.conv = ShortConv(E, self.d_conv, activation="silu", dtype=self.dtype, param_dtype=pd)
+    self.conv = ShortConv(E, self.conv_width, activation="silu", dtype=self.dtype, param_dtype=pd)
     self.x_proj = self._dense(self.rank + 2 * N, axes.MLP, None)
     bound = self.rank ** -0.5
     self.dt_proj = nn.Dense(E, use_bias=False,
-                            kernel_init=axes.kernel(None, axes.MLP, init=_uniform(-bound, bound)),
+                            kernel_init=axes.kernel(None, axes.MLP, init=initializers.uniform(-bound, bound)),
                             dtype=self.dtype, param_dtype=pd)
     self.dt_bias = self.param(
-        "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
+        "dt_bias", axes.param(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor),
                               axes.MLP), (E,), pd)
     self.A_log = self.param(
-        "A_log", axes.param(lambda key, shape, dtype: jnp.broadcast_to(
-            jnp.log(jnp.arange(1, N + 1, dtype=dtype)), shape), axes.MLP, axes.STATE), (E, N),
-        pd)
+        "A_log", axes.param(initializers.constant(np.log(np.arange(1, N + 1))), axes.MLP,
+                            axes.STATE), (E, N), pd)
     self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP), (E,), pd)
     self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)
 
@@ -151,9 +136,9 @@ class Mamba2(_ConvSSM):
   """
   d_model: int
   d_state: int = 128
-  d_conv: int = 4
+  conv_width: int = 4
   expand: int = 2
-  head_dim: int = 64
+  value_dim: int = 64  # P, the channels per head (`headdim` in the Mamba2 code)
   n_groups: int = 1
   A_init_range: tuple[float, float] = (1.0, 16.0)
   dt_min: float = 1e-3
@@ -167,19 +152,18 @@ class Mamba2(_ConvSSM):
 
   def setup(self):
     E, N, G, pd = self.expand * self.d_model, self.d_state, self.n_groups, self.param_dtype
-    if E % self.head_dim or (E // self.head_dim) % G:
-      raise ValueError(f"Mamba2: head_dim={self.head_dim} must divide expand * d_model={E} "
+    if E % self.value_dim or (E // self.value_dim) % G:
+      raise ValueError(f"Mamba2: value_dim={self.value_dim} must divide expand * d_model={E} "
                        f"into a number of heads divisible by n_groups={G}")
-    H = E // self.head_dim
+    H = E // self.value_dim
     self.in_proj = self._dense(2 * E + 2 * G * N + H, axes.EMBED, axes.MLP)
-    self.conv = ShortConv(E + 2 * G * N, self.d_conv, activation="silu", dtype=self.dtype,
+    self.conv = ShortConv(E + 2 * G * N, self.conv_width, activation="silu", dtype=self.dtype,
                           param_dtype=pd)
     heads = lambda init: axes.param(init, axes.HEADS)
     self.dt_bias = self.param(
-        "dt_bias", heads(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor)), (H,), pd)
+        "dt_bias", heads(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor)), (H,), pd)
     self.A_log = self.param(
-        "A_log", heads(lambda key, shape, dtype: jnp.log(_uniform(*self.A_init_range)(
-            key, shape, dtype))), (H,), pd)
+        "A_log", heads(initializers.log_uniform(*self.A_init_range)), (H,), pd)
     self.D = self.param("D", heads(nn.initializers.ones), (H,), pd)
     self.norm = GatedRMSNorm(norm_before_gate=False, group_size=E // G, eps=self.norm_eps,
                              dtype=self.dtype, param_dtype=pd)
@@ -188,7 +172,7 @@ class Mamba2(_ConvSSM):
   @property
   def _ssm_shape(self):
     E = self.expand * self.d_model
-    return (E // self.head_dim, self.d_state, self.head_dim)
+    return (E // self.value_dim, self.d_state, self.value_dim)
 
   def _split(self, proj):
     E, GN = self.expand * self.d_model, self.n_groups * self.d_state

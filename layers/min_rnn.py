@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common, axes
-from layers.ops import _common as ops_common
+from layers import axes, common
+from layers.ops import common as ops_common
 from layers.ops import log_linear_scan
 
 
@@ -44,16 +44,16 @@ def min_lstm_log_coefficients(hidden: jax.Array, f: jax.Array,
 class _MinRNN(nn.Module):
   """h_t = a_t h_{t-1} + b_t with (log a_t, log b_t) from one bias-free projection of x_t.
 
-  The state is h itself, [B, D_inner] with D_inner = expansion_factor * D, in float32 (or
+  The state is h itself, [B, D_inner] with D_inner = expand * D, in float32 (or
   wider). h_{-1} is used as is in both forms and must be positive (the scan takes its log),
   or 0: `init_state` gives zeros, the empty history, which both forms treat exactly like
   state=None (log 0 = -inf drops out of the first logaddexp; only a gradient with respect to a
   zero state itself is undefined). A caller holding an arbitrary real previous hidden p (some
-  PyTorch ports) passes g(p). With expansion_factor != 1 a bias-free projection maps D_inner
+  PyTorch ports) passes g(p). With expand != 1 a bias-free projection maps D_inner
   back to D.
   """
   d_model: int
-  expansion_factor: float = 1.0
+  expand: float = 1.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -63,12 +63,12 @@ class _MinRNN(nn.Module):
   log_coefficients = None
 
   def setup(self):
-    self.d_inner = int(self.expansion_factor * self.d_model)
+    self.d_inner = int(self.expand * self.d_model)
     dense = lambda features, *names: nn.Dense(features, use_bias=False,
                                               kernel_init=axes.kernel(*names), dtype=self.dtype,
                                               param_dtype=self.param_dtype)
     self.in_proj = dense(self.num_inputs * self.d_inner, axes.EMBED, axes.MLP)
-    self.out_proj = (dense(self.d_model, axes.MLP, axes.EMBED) if self.expansion_factor != 1
+    self.out_proj = (dense(self.d_model, axes.MLP, axes.EMBED) if self.expand != 1
                      else None)
 
   def _log_coefficients(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -87,7 +87,7 @@ class _MinRNN(nn.Module):
   def __call__(self, x: jax.Array, state: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """x: [B, T, D] -> (y: [B, T, D], h_T: [B, D_inner]) by the log-space scan."""
-    _common.check_input(type(self).__name__, x, self.d_model)
+    common.check_input(type(self).__name__, x, self.d_model)
     log_a, log_b = self._log_coefficients(x)
     h, state = log_linear_scan(log_a, log_b, state, segment_ids=segment_ids)
     return self._output(h), state.astype(self._state_dtype)
@@ -99,7 +99,7 @@ class _MinRNN(nn.Module):
 
   def step(self, x_t: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x_t: [B, D] -> (y_t, h_t = exp(log a_t) h_{t-1} + exp(log b_t))."""
-    _common.check_input(type(self).__name__, x_t, self.d_model, step=True)
+    common.check_input(type(self).__name__, x_t, self.d_model, step=True)
     log_a, log_b = self._log_coefficients(x_t)
     h = (jnp.exp(log_a) * state + jnp.exp(log_b)).astype(self._state_dtype)
     return self._output(h), h

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from layers import _common
+from layers import common
 
 
 class NoMixer(nn.Module):
@@ -18,7 +18,7 @@ class NoMixer(nn.Module):
 
   def __call__(self, x: jax.Array, state=None, segment_ids=None) -> tuple[jax.Array, None]:
     """x: [B, T, D] -> (zeros [B, T, D], None)."""
-    _common.check_input("NoMixer", x, self.d_model)
+    common.check_input("NoMixer", x, self.d_model)
     return jnp.zeros_like(x, self.dtype), None
 
   def init_state(self, batch_size: int, max_len: int) -> None:
@@ -26,5 +26,5 @@ class NoMixer(nn.Module):
 
   def step(self, x_t: jax.Array, state=None) -> tuple[jax.Array, None]:
     """x_t: [B, D] -> (zeros [B, D], None)."""
-    _common.check_input("NoMixer", x_t, self.d_model, step=True)
+    common.check_input("NoMixer", x_t, self.d_model, step=True)
     return jnp.zeros_like(x_t, self.dtype), None

@@ -8,7 +8,7 @@ from flax import linen as nn
 from jax import lax
 
 from layers import axes
-from layers.ops import _common as ops_common
+from layers.ops import common as ops_common
 
 
 def rms_normalize(x: jax.Array, eps: float, group_size: int | None = None) -> jax.Array:

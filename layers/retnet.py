@@ -2,7 +2,7 @@
 Language Models", Sun et al. 2023).
 
 Shape legend: B batch, T time, D model width, H heads, K key head dim (D / H),
-V = value_factor * K value head dim.
+V = expand_v * K value head dim.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from layers import _common, axes
-from layers.ops import _common as ops_common
+from layers import axes, common, initializers
+from layers.ops import common as ops_common
 from layers.ops import linear_attention
 from layers.rotary import apply_rotary
 
@@ -20,10 +20,6 @@ from layers.rotary import apply_rotary
 def retention_log_decay(num_heads: int) -> np.ndarray:
   """log gamma_h with gamma_h = 1 - 2^(-5-h), h = 0 .. H-1: [H]."""
   return np.log1p(-2.0 ** (-5.0 - np.arange(num_heads)))
-
-
-def _xavier_uniform(gain: float):
-  return nn.initializers.variance_scaling(gain ** 2, "fan_avg", "uniform")
 
 
 class RetNet(nn.Module):
@@ -41,7 +37,7 @@ class RetNet(nn.Module):
   """
   d_model: int
   num_heads: int
-  value_factor: int = 2
+  expand_v: int = 2
   rotary_base: float = 10000.0
   norm_eps: float = 1e-6
   impl: str = "auto"
@@ -54,9 +50,10 @@ class RetNet(nn.Module):
       raise ValueError(f"RetNet: num_heads={self.num_heads} must divide d_model="
                        f"{self.d_model} into an even head dim (rotary)")
     H, K = self.num_heads, self.d_model // self.num_heads
-    V = self.value_factor * K
+    V = self.expand_v * K
     dense = lambda features, gain, names, **kw: nn.DenseGeneral(
-        features, use_bias=False, kernel_init=axes.kernel(*names, init=_xavier_uniform(gain)),
+        features, use_bias=False,
+        kernel_init=axes.kernel(*names, init=initializers.xavier_uniform(gain)),
         dtype=self.dtype, param_dtype=self.param_dtype, **kw)
     heads_in = (axes.EMBED, axes.HEADS, axes.HEAD_DIM)
     self.q_proj, self.k_proj = (dense((H, K), 2 ** -2.5, heads_in) for _ in range(2))
@@ -87,11 +84,11 @@ class RetNet(nn.Module):
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """x: [B, T, D] -> (y: [B, T, D], state after the last token); a given state is continued
     by each row's first segment (rotary positions too), later segments start from zero."""
-    _common.check_input("RetNet", x, self.d_model)
+    common.check_input("RetNet", x, self.d_model)
     B, T, _ = x.shape
     if state is None:
       state = self.init_state(B, T)
-    index, positions = _common.segment_positions(segment_ids, B, T)
+    index, positions = ops_common.segment_positions(segment_ids, B, T)
     positions = positions + jnp.where(index == 0, state["pos"][:, None], 0)
     y, S = self._retention(x, state["S"], positions, segment_ids, self.impl)
     return y, {"S": S, "pos": (positions[:, -1] + 1).astype(state["pos"].dtype)}
@@ -100,11 +97,11 @@ class RetNet(nn.Module):
     """S = 0: [B, H, K, V], pos = 0: [B] (`max_len` unused: the state is fixed-size)."""
     del max_len
     H, K = self.num_heads, self.d_model // self.num_heads
-    return {"S": jnp.zeros((batch_size, H, K, self.value_factor * K), self._state_dtype),
+    return {"S": jnp.zeros((batch_size, H, K, self.expand_v * K), self._state_dtype),
             "pos": jnp.zeros((batch_size,), jnp.int32)}
 
   def step(self, x_t: jax.Array, state: dict) -> tuple[jax.Array, dict]:
     """x_t: [B, D] -> (y_t: [B, D], state): the recurrent form at position pos."""
-    _common.check_input("RetNet", x_t, self.d_model, step=True)
+    common.check_input("RetNet", x_t, self.d_model, step=True)
     y, S = self._retention(x_t[:, None], state["S"], state["pos"][:, None], None, "reference")
     return y[:, 0], {"S": S, "pos": state["pos"] + 1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from layers.ops import _common as ops_common
+from layers.ops import common as ops_common
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:

@@ -37,10 +37,11 @@ MIXERS: dict[str, MixerSpec] = {
     "mingru": MixerSpec(MinGRU),
     "minlstm": MixerSpec(MinLSTM),
     "mamba": MixerSpec(Mamba),  # d_state 16, expand 2, dt_rank ceil(d_model / 16)
-    "mamba2": MixerSpec(Mamba2, lambda d_model: {"head_dim": min(64, d_model)}),
+    "mamba2": MixerSpec(Mamba2, lambda d_model: {"value_dim": min(64, d_model)}),
     # key head dim 256 (the paper's), value head dim 2x
     "retnet": MixerSpec(RetNet, lambda d_model: {"num_heads": max(1, d_model // 256)}),
-    "based": MixerSpec(Based, _heads()),  # Taylor linear attention, feature dim 16
+    # Taylor linear attention, feature dim (head_dim) 16, value_dim = d_model / num_heads
+    "based": MixerSpec(Based, lambda d_model: {"num_heads": max(1, d_model // 64)}),
     "baseconv": MixerSpec(BaseConv),  # expand 2, width 3
     "gated_deltanet": MixerSpec(GatedDeltaNet, _heads(256)),  # value head dim 2x
     "deltanet": MixerSpec(DeltaNet, _heads(256)),

@@ -14,41 +14,45 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from layers.ops import _common
+from layers.ops import common
 
 
-def prepare(op, q, k, v, gates, scale, initial_state, segment_ids, chunk_size):
-  """Checks shapes, casts to the accumulation dtype and resolves the q scale.
+def prepare(op, q, k, v, gates, scale, initial_state, segment_ids):
+  """Applies the ops' input rule (common.as_float), checks shapes, casts to the accumulation
+  dtype and resolves the q scale.
 
   gates: {name: [B, T, H] or None}; a None gate `g` becomes zeros (no decay), others stay None.
-  Returns (q, k, v, {name: gate}, h0 [B, H, K, V], resets [B, T], scale), arrays in the
-  accumulation dtype (resets bool). The forms multiply q by `scale` themselves (the chunk forms
-  per chunk, which spares a sequence-sized temporary).
+  Returns (q, k, v, {name: gate}, h0 [B, H, K, V], resets [B, T], scale, output dtype), arrays
+  in the accumulation dtype (v and h0 complex when the initial state is; resets bool). The forms
+  multiply q by `scale` themselves (the chunk forms per chunk, which spares a sequence-sized
+  temporary).
   """
-  _common.check_rank(op, "q", q, 4, "[B, T, H, K]")
-  _common.check_shape(op, "k", k, jnp.shape(q), "[B, T, H, K] like q")
-  _common.check_rank(op, "v", v, 4, "[B, T, H, V]")
+  q, k, v, initial_state = common.as_float(q, k, v, initial_state)
+  gates = dict(zip(gates, common.as_float(*gates.values())))
+  common.check_rank(op, "q", q, 4, "[B, T, H, K]")
+  common.check_shape(op, "k", k, jnp.shape(q), "[B, T, H, K] like q")
+  common.check_rank(op, "v", v, 4, "[B, T, H, V]")
   B, T, H, K = jnp.shape(q)
   V = jnp.shape(v)[-1]
-  _common.check_shape(op, "v", v, (B, T, H, V), "[B, T, H, V]")
+  common.check_shape(op, "v", v, (B, T, H, V), "[B, T, H, V]")
   for name, x in gates.items():
     if x is not None:
-      _common.check_shape(op, name, x, (B, T, H), "[B, T, H]")
+      common.check_shape(op, name, x, (B, T, H), "[B, T, H]")
   if initial_state is not None:
-    _common.check_shape(op, "initial_state", initial_state, (B, H, K, V), "[B, H, K, V]")
-  _common.check_segment_ids(op, segment_ids, B, T)
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}")
-  present = [x for x in gates.values() if x is not None]
-  dtype = _common.accumulation_dtype(q, k, v, *present)
+    common.check_shape(op, "initial_state", initial_state, (B, H, K, V), "[B, H, K, V]")
+  segment_ids = common.as_segment_ids(op, segment_ids, B, T)
+  dtype = common.accumulation_dtype(q, k, v, *gates.values())
+  state_dtype = common.accumulation_dtype(dtype, initial_state)  # complex with a complex state
+  out_dtype = common.output_dtype(v, initial_state)
   scale = K ** -0.5 if scale is None else scale
   gates = {name: None if x is None else x.astype(dtype) for name, x in gates.items()}
   if "g" in gates and gates["g"] is None:
     gates["g"] = jnp.zeros((B, T, H), dtype)
   h0 = (jnp.zeros((B, H, K, V), dtype) if initial_state is None
-        else initial_state.astype(dtype))
-  resets = _common.segment_starts(segment_ids, B, T)
-  return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, h0, resets, scale
+        else initial_state.astype(state_dtype))
+  resets = common.segment_starts(segment_ids, B, T)
+  return (q.astype(dtype), k.astype(dtype), v.astype(state_dtype), gates, h0, resets, scale,
+          out_dtype)
 
 
 def scan_chunks(body, h0, xs, chunk_size):

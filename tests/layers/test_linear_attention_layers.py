@@ -17,7 +17,7 @@ F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 FORMS = {  # mixer -> (module for an impl, the forms that must agree with "reference")
     "retnet": (lambda impl: RetNet(D, num_heads=2, impl=impl, chunk_size=4, **F64),
                ("parallel", "chunk")),
-    "based": (lambda impl: Based(D, num_heads=2, feature_dim=4, impl=impl, chunk_size=4,
+    "based": (lambda impl: Based(D, num_heads=2, head_dim=4, impl=impl, chunk_size=4,
                                  **F64), ("parallel", "chunk")),
     "gated_deltanet": (lambda impl: GatedDeltaNet(D, num_heads=2, head_dim=4, impl=impl,
                                                   chunk_size=4, **F64), ("chunk",)),
@@ -72,7 +72,7 @@ def test_taylor_feature_map_order_and_count():
 def test_based_equals_normalised_taylor_attention():
   """y_t = W_o sum_{s<=t} a_ts v_s / (sum_{s<=t} a_ts + eps), a_ts = 1 + s + s^2/2 with
   s = q_t.k_s / sqrt(F), written out quadratically (no feature map)."""
-  module = Based(D, num_heads=2, feature_dim=4, **F64)
+  module = Based(D, num_heads=2, head_dim=4, **F64)
   x = harness.rand(0, (B, T, D))
   variables = harness.init_variables(module, jax.random.key(0), x)
   params = variables["params"]
@@ -171,7 +171,7 @@ def test_bad_configs_raise(make, message):
 @pytest.mark.parametrize("make, state, message", [
     (lambda: RetNet(D, num_heads=2), {"S": jnp.zeros((1, 2, 4, 4)), "pos": jnp.zeros((1,))},
      r"linear_attention: initial_state must have shape \[B, H, K, V\] = \(1, 2, 4, 8\)"),
-    (lambda: Based(D, num_heads=2, feature_dim=2), jnp.zeros((1, 2, 6, 4)),
+    (lambda: Based(D, num_heads=2, head_dim=2), jnp.zeros((1, 2, 6, 4)),
      r"linear_attention: initial_state must have shape \[B, H, K, V\] = \(1, 2, 6, 5\)"),
     (lambda: GatedDeltaNet(D, num_heads=2, head_dim=4),
      {"conv": jnp.zeros((1, 3, 32)), "S": jnp.zeros((1, 2, 4, 4))},

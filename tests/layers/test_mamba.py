@@ -47,7 +47,7 @@ def test_mamba_init():
 
 def test_mamba2_init():
   D, N, P = 64, 8, 4
-  module = Mamba2(D, d_state=N, head_dim=P)
+  module = Mamba2(D, d_state=N, value_dim=P)
   p = _params(module, D)
   E = 2 * D
   H = E // P
@@ -67,7 +67,7 @@ def test_mamba2_equals_the_ssd_recurrence():
   S_t = exp(dt_t A_h) S_{t-1} + B_t (dt_t x_t)^T, y_t = S_t^T C_t + D_h x_t."""
   B, T, D, N, P, G = 2, 9, 8, 4, 4, 2
   E, H = 2 * D, 2 * D // P
-  module = Mamba2(D, d_state=N, head_dim=P, n_groups=G, chunk_size=4, **F64)
+  module = Mamba2(D, d_state=N, value_dim=P, n_groups=G, chunk_size=4, **F64)
   x = harness.rand(0, (B, T, D))
   variables = harness.init_variables(module, jax.random.key(1), x)
   p = jax.tree.map(np.asarray, variables["params"])
@@ -98,8 +98,8 @@ def test_mamba2_equals_the_ssd_recurrence():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: Mamba2(8, head_dim=6), r"Mamba2: head_dim=6 must divide expand \* d_model=16"),
-    (lambda: Mamba2(8, head_dim=4, n_groups=3), r"number of heads divisible by n_groups=3"),
+    (lambda: Mamba2(8, value_dim=6), r"Mamba2: value_dim=6 must divide expand \* d_model=16"),
+    (lambda: Mamba2(8, value_dim=4, n_groups=3), r"number of heads divisible by n_groups=3"),
     (lambda: Mamba(8, impl="fast"), r"selective_scan: unknown impl='fast'"),
 ])
 def test_bad_configs_raise(make, message):

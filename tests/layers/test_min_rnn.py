@@ -49,7 +49,7 @@ def test_min_gru_gates_at_init():
 
 @pytest.mark.parametrize("cls, blocks", [(MinGRU, 2), (MinLSTM, 3)])
 def test_parameter_shapes(cls, blocks):
-  module = cls(D, expansion_factor=1.5)
+  module = cls(D, expand=1.5)
   variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, D)))
   assert jax.tree.map(jnp.shape, variables["params"]) == {
       "in_proj": {"kernel": (D, blocks * 12)}, "out_proj": {"kernel": (12, D)}}

@@ -1,5 +1,6 @@
-"""S4D layer: the FFT form equals the recurrent (linear_scan) form, initialisation follows the
-paper, the bidirectional form, and configuration errors."""
+"""S4D layer: its FFT and reference impls agree (parameter gradients included; the op's forms
+are tested in tests/ops/test_s4d_ops.py), initialisation follows the paper, the bidirectional
+form, and configuration errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,10 +15,10 @@ F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
-def test_fft_form_equals_scan_form(discretization):
+def test_fft_form_equals_reference_form(discretization):
   """Outputs, final state and the gradients of input, initial state and parameters agree."""
-  fft = S4D(H, N, discretization=discretization, **F64)
-  scan = fft.clone(form="scan")
+  fft = S4D(H, N, discretization=discretization, impl="fft", **F64)
+  scan = fft.clone(impl="reference")
   x = harness.rand(0, (B, T, H))
   variables = harness.init_variables(fft, jax.random.key(0), x)
   x0 = harness.rand(1, (B, H, N // 2), jnp.complex128)
@@ -105,7 +106,7 @@ def test_float32_close_to_float64():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_state=7), r"S4D: d_state must be a positive even number"),
     (dict(A_init="diag"), r"S4D: unknown A_init='diag'; expected one of \('lin', 'inv', 'real'\)"),
-    (dict(form="chunk"), r"S4D: unknown form='chunk'"),
+    (dict(impl="chunk"), r"s4d_conv: unknown impl='chunk'; expected one of 'reference', 'fft'"),
     (dict(discretization="euler"), r"unknown discretization='euler'"),
 ])
 def test_bad_config_raises(kwargs, message):
@@ -118,31 +119,3 @@ def test_bad_state_raises():
   variables = harness.init_variables(module, jax.random.key(0), jnp.zeros((1, 4, H)))
   with pytest.raises(ValueError, match=r"S4D: state must have shape \[B, H, N/2\]"):
     module.apply(variables, jnp.zeros((1, 4, H)), jnp.zeros((1, H, N), jnp.complex64))
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_fft_form_with_two_segments_equals_scan_form(causal):
-  """Rows of text + padding (or two documents) stay on the FFT form, exactly: outputs, final
-  state, gradients (initial state included) equal the scan's; a row of three segments sends
-  the batch to the scan."""
-  fft = S4D(H, N, causal=causal, **F64)
-  scan = fft.clone(form="scan")
-  x = harness.rand(0, (B, T, H))
-  variables = harness.init_variables(fft, jax.random.key(0), x)
-  x0 = harness.rand(1, (B, H, N // 2), jnp.complex128) if causal else None
-  two = jnp.asarray([[1] * 7 + [0] * 5, [3] * 4 + [5] * 8])
-
-  def fn(module):
-    return lambda xs, h0, segment_ids: module.apply(variables, xs[0], h0, segment_ids)
-
-  if causal:
-    harness.assert_form_matches_reference(fn(fft), fn(scan), (x,), x0, segment_ids=two,
-                                          what="FFT vs scan, two segments")
-  else:
-    harness.assert_close(fn(fft)((x,), None, two)[0], fn(scan)((x,), None, two)[0],
-                         harness.OUT_TOL, "bidirectional FFT vs scan, two segments")
-  jaxpr = str(jax.make_jaxpr(fn(fft))((x,), x0, two))
-  assert "cond" in jaxpr and "fft" in jaxpr
-  three = jnp.asarray([[1] * 4 + [2] * 4 + [0] * 4, [1] * 12])
-  harness.assert_close(fn(fft)((x,), x0, three)[0], fn(scan)((x,), x0, three)[0],
-                       harness.OUT_TOL, "three segments (scan branch)")

@@ -14,9 +14,9 @@ PATTERNS = ["attention", "swa", "s4d", "mingru", "minlstm", "mamba", "mamba2", "
             "mingru_attention", "retnet", "based", "gated_deltanet", "deltanet",
             "gated_deltanet_h1", "gated_deltanet_h2"]
 SMALL = {"swa": {"window": 4}, "s4d": {"d_state": 8}, "mamba": {"d_state": 4},
-         "mamba2": {"d_state": 8, "head_dim": 8, "chunk_size": 4},
+         "mamba2": {"d_state": 8, "value_dim": 8, "chunk_size": 4},
          "retnet": {"num_heads": 2, "chunk_size": 4},
-         "based": {"num_heads": 2, "feature_dim": 4, "chunk_size": 4},
+         "based": {"num_heads": 2, "head_dim": 4, "chunk_size": 4},
          "gated_deltanet": {"num_heads": 2, "head_dim": 4, "chunk_size": 4},
          "deltanet": {"num_heads": 2, "head_dim": 4, "chunk_size": 4}}
 

@@ -1,12 +1,13 @@
-"""Causal softmax attention: full and sliding window against a numpy softmax with a band
-mask, packing, and cached decoding against the whole-sequence forward."""
+"""Softmax attention: full, sliding window and bidirectional against a numpy softmax with a
+band mask, packing, cached decoding against the whole-sequence forward, and prefill into the
+cache against decoding token by token."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layers.ops import attention, attention_step, init_cache
+from layers.ops import attention, attention_prefill, attention_step, init_cache
 from tests import harness
 
 B, T, H, K, V = 2, 13, 2, 4, 3
@@ -75,6 +76,75 @@ def test_cached_steps_equal_full_forward(capacity, window):
   np.testing.assert_array_equal(cache["pos"], np.full(B, T))
 
 
+def _decode(q, k, v, cache):
+  """The oracle of prefill: attention_step token by token, (o [B, T, H, V], cache)."""
+  def step(cache, xs):
+    o_t, cache = attention_step(*xs, cache)
+    return cache, o_t
+  cache, o = jax.lax.scan(step, cache, tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v)))
+  return jnp.moveaxis(o, 0, 1), cache
+
+
+@pytest.mark.parametrize("capacity, split", [(T + 3, 5), (4, 6), (4, 2), (T, 0)])
+def test_prefill_equals_decoding_token_by_token(capacity, split):
+  """Decode `split` tokens, then prefill the rest in one call: outputs and the cache (slots in
+  ring-buffer order, pos) equal decoding every token; a fresh prefill (cache=None) equals it
+  too."""
+  q, k, v = _qkv()
+
+  @jax.jit
+  def both(q, k, v):
+    empty = init_cache(B, capacity, H, K, V, jnp.float64)
+    o_steps, cache_steps = _decode(q, k, v, empty)
+    _, cache = _decode(q[:, :split], k[:, :split], v[:, :split], empty)
+    o_rest, cache = attention_prefill(q[:, split:], k[:, split:], v[:, split:], cache)
+    o_fresh, cache_fresh = attention_prefill(q, k, v, capacity=capacity)
+    return o_steps, cache_steps, o_rest, cache, o_fresh, cache_fresh
+
+  o_steps, cache_steps, o_rest, cache, o_fresh, cache_fresh = both(q, k, v)
+  harness.assert_close(o_rest, o_steps[:, split:], 1e-12, "prefill after decoding: outputs")
+  harness.assert_close(o_fresh, o_steps, 1e-12, "fresh prefill: outputs")
+  for name, got in (("after decoding", cache), ("fresh", cache_fresh)):
+    for key in ("k", "v"):
+      harness.assert_close(got[key], cache_steps[key], 1e-12, f"prefill {name}: cache {key}")
+    np.testing.assert_array_equal(got["pos"], cache_steps["pos"])
+
+
+def test_prefill_packed_rows_continue_the_cache_in_their_first_segment_only():
+  q, k, v = _qkv()
+  capacity, split = 6, 4
+  segment_ids = jnp.asarray([[1] * 3 + [2] * 6, [1] * 5 + [4] * 4])
+  empty = init_cache(B, capacity, H, K, V, jnp.float64)
+  _, cache = _decode(q[:, :split], k[:, :split], v[:, :split], empty)
+  rest = tuple(x[:, split:] for x in (q, k, v))
+  o, new_cache = jax.jit(attention_prefill)(*rest, cache, segment_ids=segment_ids)
+  for b in range(B):
+    (s0, e0), (s1, e1) = harness.segment_bounds(segment_ids[b])
+    row = lambda x, start, end: x[b:b + 1, start:end]
+    first, _ = _decode(*(row(x, s0, e0) for x in rest), jax.tree.map(lambda c: c[b:b + 1],
+                                                                      cache))
+    alone, alone_cache = _decode(*(row(x, s1, e1) for x in rest),
+                                 jax.tree.map(lambda c: c[b:b + 1], empty))
+    harness.assert_close(row(o, s0, e0), first, 1e-12, f"row {b}: first segment")
+    harness.assert_close(row(o, s1, e1), alone, 1e-12, f"row {b}: second segment")
+    for key in ("k", "v"):
+      harness.assert_close(new_cache[key][b:b + 1], alone_cache[key], 1e-12, f"row {b} {key}")
+    assert int(new_cache["pos"][b]) == e1 - s1
+
+
+def test_bidirectional_attends_to_the_whole_segment():
+  q, k, v = _qkv()
+  segment_ids = jnp.asarray([[1] * 6 + [2] * 7, [3] * 13])
+  o = attention(q, k, v, segment_ids=segment_ids, causal=False)
+  for b in range(B):
+    for start, end in harness.segment_bounds(segment_ids[b]):
+      x = [np.asarray(a[b:b + 1, start:end]) for a in (q, k, v)]
+      scores = np.einsum("bthk,bshk->bhts", x[0] * K ** -0.5, x[1])
+      w = np.exp(scores - scores.max(-1, keepdims=True))
+      want = np.einsum("bhts,bshv->bthv", w / w.sum(-1, keepdims=True), x[2])
+      np.testing.assert_allclose(o[b:b + 1, start:end], want, rtol=1e-12, atol=1e-12)
+
+
 def test_gradients_are_finite_with_segments():
   q, k, v = _qkv()
   segment_ids = harness.packed_segment_ids(B, T, seed=5)
@@ -95,6 +165,12 @@ def test_gradients_are_finite_with_segments():
                             init_cache(B, 4, H, K + 1, V)), r"cache\['k'\] must have shape"),
     (lambda: attention_step(jnp.ones((B, H, K)), jnp.ones((B, H, K)), jnp.ones((B, H, V)),
                             {"k": 1}), r"cache must be a dict with keys k, v, pos"),
+    (lambda: attention(*_qkv(), window=3, causal=False), r"None when causal=False"),
+    (lambda: attention_prefill(*_qkv(), init_cache(B, 4, H, K, V), capacity=4),
+     r"attention_prefill: capacity is the given cache's"),
+    (lambda: attention_prefill(*_qkv(), capacity=0), r"capacity must be a positive int"),
+    (lambda: attention_prefill(*_qkv(), init_cache(B, 4, H, K, V + 1)),
+     r"attention_prefill: cache\['v'\] must have shape"),
 ])
 def test_bad_inputs_raise(call, message):
   with pytest.raises(ValueError, match=message):

@@ -1,11 +1,12 @@
-"""S4D kernel and FFT convolution: the kernel is the paper's formula, and the convolution of
-the layer equals its recurrence through linear_scan."""
+"""S4D ops: the kernel is the paper's formula, the FFT convolution is the convolution, and the
+stateful `s4d_conv`'s FFT form equals its reference (the recurrence through linear_scan):
+outputs, final state and gradients (inputs, initial state, parameters), packed rows, odd T."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layers.ops import causal_conv, linear_scan, s4d_discretize, s4d_kernel
+from layers.ops import causal_conv, linear_scan, s4d_conv, s4d_discretize, s4d_kernel
 from tests import harness
 
 H, HALF_N = 3, 4
@@ -67,8 +68,64 @@ def test_fft_convolution_equals_recurrence(discretization):
   harness.assert_close(y_fft, y_rec, 1e-10, f"FFT vs recurrence ({discretization})")
 
 
+def _s4d(impl, modes, discretization="zoh"):
+  log_dt, A_re, A_im, C = modes
+  def fn(xs, x0, segment_ids):
+    return s4d_conv(xs[0], log_dt, A_re, A_im, C, discretization=discretization,
+                    initial_state=x0, segment_ids=segment_ids, impl=impl)
+  return fn
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+@pytest.mark.parametrize("T, segments", [(1, None), (65, None), (65, "two"), (30, "three")])
+def test_s4d_conv_fft_matches_reference(discretization, T, segments):
+  """Two segments per row (text + padding, or two documents) stay on the FFT branch; a row of
+  three sends the batch to the recurrence; both equal the reference with a nonzero initial
+  state."""
+  modes = _modes(seed=3)
+  u = harness.rand(5, (2, T, H))
+  x0 = harness.rand(6, (2, H, HALF_N), jnp.complex128)
+  segment_ids = {None: lambda: None,
+                 "two": lambda: jnp.asarray([[1] * 40 + [0] * 25, [3] * 10 + [5] * 55]),
+                 "three": lambda: harness.packed_segment_ids(2, T, seed=1)}[segments]()
+  harness.assert_form_matches_reference(
+      _s4d("fft", modes, discretization), _s4d("reference", modes, discretization), (u,), x0,
+      segment_ids, what=f"s4d_conv fft ({discretization}, T={T}, {segments} segments)")
+  if segments:
+    harness.assert_packed_equals_alone(_s4d("fft", modes), (u,), x0, segment_ids)
+
+
+def test_s4d_conv_fft_branches_at_run_time():
+  modes = _modes()
+  u, x0 = harness.rand(0, (2, 12, H)), harness.rand(1, (2, H, HALF_N), jnp.complex128)
+  jaxpr = str(jax.make_jaxpr(_s4d("fft", modes))((u,), x0, jnp.ones((2, 12), jnp.int32)))
+  assert "cond" in jaxpr and "fft" in jaxpr
+
+
+def test_s4d_conv_parameter_gradients_match_reference():
+  modes = _modes(seed=8)
+  u, x0 = harness.rand(0, (2, 33, H)), harness.rand(1, (2, H, HALF_N), jnp.complex128)
+  segment_ids = jnp.asarray([[1] * 20 + [0] * 13, [1] * 33])
+
+  def loss(impl):
+    def f(log_dt, A_re, A_im, C):
+      y, x_T = s4d_conv(u, log_dt, A_re, A_im, C, initial_state=x0, segment_ids=segment_ids,
+                        impl=impl)
+      return jnp.sum(y ** 2) + jnp.sum(jnp.abs(x_T) ** 2)
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(*modes)
+
+  harness.assert_close(loss("fft"), loss("reference"), harness.GRAD_TOL,
+                       "gradients of log_dt, A_re, A_im, C")
+
+
+def test_s4d_conv_carry_equals_one_pass():
+  modes = _modes(seed=2)
+  u, x0 = harness.rand(0, (2, 40, H)), harness.rand(1, (2, H, HALF_N), jnp.complex128)
+  harness.assert_carry_equals_one_pass(_s4d("fft", modes), (u,), x0, split=17)
+
+
 def test_conv_rejects_segment_ids_with_pointer():
-  with pytest.raises(ValueError, match="segment_ids .* use the recurrent form, linear_scan"):
+  with pytest.raises(ValueError, match="segment_ids .* use s4d_conv"):
     causal_conv(jnp.ones((1, 4, H)), jnp.ones((H, 4)), segment_ids=jnp.ones((1, 4), jnp.int32))
 
 
@@ -83,6 +140,14 @@ def test_conv_rejects_segment_ids_with_pointer():
     (lambda: s4d_kernel(jnp.zeros(H), -jnp.ones((H, 2)), jnp.ones((H, 2)),
                         jnp.ones((H, 2), jnp.complex64), 8, "euler"),
      r"unknown discretization='euler'"),
+    (lambda: s4d_conv(jnp.ones((1, 4, H + 1)), *_modes()), r"s4d_conv: log_dt must have shape"),
+    (lambda: s4d_conv(jnp.ones((1, 4, H)), *_modes(),
+                      initial_state=jnp.ones((1, H, HALF_N + 1), jnp.complex64)),
+     r"s4d_conv: initial_state must have shape \[B, H, N/2\]"),
+    (lambda: s4d_conv(jnp.ones((1, 4, H)), *_modes(), segment_ids=jnp.ones((1, 4))),
+     r"s4d_conv: segment_ids must be an integer array"),
+    (lambda: s4d_conv(jnp.ones((1, 4, H)), *_modes(), impl="chunk"),
+     r"s4d_conv: unknown impl='chunk'; expected one of 'reference', 'fft', 'auto'"),
 ])
 def test_bad_inputs_raise(call, message):
   with pytest.raises(ValueError, match=message):

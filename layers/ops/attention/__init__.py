@@ -1,61 +1,77 @@
 """Causal softmax attention: the baseline every sequence paper compares against.
 
-`attention` runs a whole sequence (full causal or sliding window); `attention_step` decodes
-one token against a fixed-capacity KV cache `{k: [B, C, H, K], v: [B, C, H, V], pos: [B]}`.
-The cache is a ring buffer: with C = max_len it is full attention, with C = window it is
-sliding-window attention, and the same step serves both.
+`attention` runs a whole sequence (full causal, sliding window or bidirectional); `attention_step` decodes
+one token against a fixed-capacity KV cache `{k: [B, C, H, K], v: [B, C, H, V], pos: [B]}`;
+`attention_prefill` runs a sequence into such a cache. The cache is a ring buffer (slot =
+position % C, laid out in `reference.py` alone): with C = max_len it is full attention, with
+C = window it is sliding-window attention, and the same step serves both.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from layers.ops import _common
+from layers.ops import common
+from layers.ops.attention import reference
+
+common.register("attention", {"reference": reference.attention})
+common.register("attention_prefill", {"reference": reference.attention_prefill})
 
 
-def _check_qkv(op, q, k, v, extra_rank=0):
-  layout_qk = "[B, H, K]" if extra_rank else "[B, T, H, K]"
-  layout_v = "[B, H, V]" if extra_rank else "[B, T, H, V]"
-  rank = 3 if extra_rank else 4
-  _common.check_rank(op, "q", q, rank, layout_qk)
-  _common.check_shape(op, "k", k, jnp.shape(q), f"{layout_qk} like q")
-  _common.check_rank(op, "v", v, rank, layout_v)
-  _common.check_shape(op, "v", v, jnp.shape(q)[:-1] + jnp.shape(v)[-1:], layout_v)
+def _inputs(op, q, k, v, step=False):
+  """The input rule (common.as_float) and the q, k, v shape checks."""
+  q, k, v = common.as_float(q, k, v)
+  layout_qk, layout_v = ("[B, H, K]", "[B, H, V]") if step else ("[B, T, H, K]", "[B, T, H, V]")
+  rank = 3 if step else 4
+  common.check_rank(op, "q", q, rank, layout_qk)
+  common.check_shape(op, "k", k, jnp.shape(q), f"{layout_qk} like q")
+  common.check_rank(op, "v", v, rank, layout_v)
+  common.check_shape(op, "v", v, jnp.shape(q)[:-1] + jnp.shape(v)[-1:], layout_v)
+  return q, k, v
+
+
+def _check_cache(op, cache, batch, heads, key_dim, value_dim):
+  if not isinstance(cache, dict) or set(cache) != {"k", "v", "pos"}:
+    raise ValueError(f"{op}: cache must be a dict with keys k, v, pos (see init_cache)")
+  C = jnp.shape(cache["k"])[1] if jnp.ndim(cache["k"]) > 1 else 0
+  common.check_shape(op, "cache['k']", cache["k"], (batch, C, heads, key_dim), "[B, C, H, K]")
+  common.check_shape(op, "cache['v']", cache["v"], (batch, C, heads, value_dim),
+                     "[B, C, H, V]")
+  common.check_shape(op, "cache['pos']", cache["pos"], (batch,), "[B]")
+  if C < 1:
+    raise ValueError(f"{op}: the cache needs a capacity C >= 1; got {C}")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = None,
-              segment_ids: jax.Array | None = None,
-              scale: float | None = None) -> jax.Array:
-  """Causal softmax attention o_t = sum_{s in M(t)} softmax_s(scale q_t.k_s) v_s.
+              segment_ids: jax.Array | None = None, scale: float | None = None,
+              causal: bool = True, impl: str = "auto") -> jax.Array:
+  """Softmax attention o_t = sum_{s in M(t)} softmax_s(scale q_t.k_s) v_s.
 
-  M(t) = {s <= t, t - s < window (when given), segment_ids[s] == segment_ids[t]}.
+  Causal: M(t) = {s <= t, t - s < window (when given), segment_ids[s] == segment_ids[t]};
+  causal=False (bidirectional encoders): M(t) = {s : segment_ids[s] == segment_ids[t]}.
 
   Args:
-    q, k: [B, T, H, K]; v: [B, T, H, V].
+    q, k: [B, T, H, K]; v: [B, T, H, V] (array-likes; integers become floats).
     window: sliding-window size (the token itself counts), None for full attention.
     segment_ids: [B, T] int; tokens attend only within their own segment.
     scale: multiplies q; default K**-0.5.
+    causal: False attends to the whole segment (no window).
+    impl: "reference" (the masked [B, H, T, T] score matrix) | "auto".
   Returns:
     o: [B, T, H, V] in the dtype of v (softmax in float32 or wider).
   """
   op = "attention"
-  _check_qkv(op, q, k, v)
+  q, k, v = _inputs(op, q, k, v)
   B, T, H, K = jnp.shape(q)
-  _common.check_segment_ids(op, segment_ids, B, T)
-  if window is not None and window < 1:
-    raise ValueError(f"{op}: window must be a positive int or None; got {window}")
+  segment_ids = common.as_segment_ids(op, segment_ids, B, T)
+  if window is not None and (window < 1 or not causal):
+    raise ValueError(f"{op}: window must be a positive int or None, and None when "
+                     f"causal=False; got window={window}, causal={causal}")
+  form = common.dispatch(op, impl)
+  if T == 0:
+    return v
   scale = K ** -0.5 if scale is None else scale
-  dtype = _common.accumulation_dtype(q, k, v)
-  t = jnp.arange(T)
-  mask = t[:, None] >= t[None, :]
-  if window is not None:
-    mask &= t[:, None] - t[None, :] < window
-  mask = jnp.broadcast_to(mask, (B, 1, T, T))
-  if segment_ids is not None:
-    mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-  scores = jnp.einsum("bthk,bshk->bhts", q.astype(dtype) * scale, k.astype(dtype))
-  weights = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
-  return jnp.einsum("bhts,bshv->bthv", weights, v.astype(dtype)).astype(v.dtype)
+  return form(q, k, v, window, segment_ids, scale, causal).astype(v.dtype)
 
 
 def init_cache(batch_size: int, capacity: int, num_heads: int, key_dim: int,
@@ -83,27 +99,58 @@ def attention_step(q_t: jax.Array, k_t: jax.Array, v_t: jax.Array, cache: dict, 
     o_t: [B, H, V] in the dtype of v_t, and the updated cache (pos + 1).
   """
   op = "attention_step"
-  _check_qkv(op, q_t, k_t, v_t, extra_rank=1)
+  q_t, k_t, v_t = _inputs(op, q_t, k_t, v_t, step=True)
   B, H, K = jnp.shape(q_t)
-  V = jnp.shape(v_t)[-1]
-  if not isinstance(cache, dict) or set(cache) != {"k", "v", "pos"}:
-    raise ValueError(f"{op}: cache must be a dict with keys k, v, pos (see init_cache)")
-  C = jnp.shape(cache["k"])[1]
-  _common.check_shape(op, "cache['k']", cache["k"], (B, C, H, K), "[B, C, H, K]")
-  _common.check_shape(op, "cache['v']", cache["v"], (B, C, H, V), "[B, C, H, V]")
-  _common.check_shape(op, "cache['pos']", cache["pos"], (B,), "[B]")
+  _check_cache(op, cache, B, H, K, jnp.shape(v_t)[-1])
   scale = K ** -0.5 if scale is None else scale
-  pos = cache["pos"]
-  slot = pos % C
-  write = jax.vmap(lambda buf, x, i: buf.at[i].set(x.astype(buf.dtype)))
-  k_cache = write(cache["k"], k_t, slot)
-  v_cache = write(cache["v"], v_t, slot)
-  dtype = _common.accumulation_dtype(q_t, k_cache, v_cache)
-  scores = jnp.einsum("bhk,bchk->bhc", q_t.astype(dtype) * scale, k_cache.astype(dtype))
-  filled = jnp.arange(C)[None, :] <= pos[:, None]
-  weights = jax.nn.softmax(jnp.where(filled[:, None, :], scores, -jnp.inf), axis=-1)
-  o_t = jnp.einsum("bhc,bchv->bhv", weights, v_cache.astype(dtype)).astype(v_t.dtype)
-  return o_t, {"k": k_cache, "v": v_cache, "pos": pos + 1}
+  o_t, cache = reference.attention_step(q_t, k_t, v_t, cache, scale)
+  return o_t.astype(v_t.dtype), cache
 
 
-__all__ = ["attention", "attention_step", "init_cache"]
+def attention_prefill(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | None = None, *,
+                      capacity: int | None = None, segment_ids: jax.Array | None = None,
+                      scale: float | None = None,
+                      impl: str = "auto") -> tuple[jax.Array, dict]:
+  """Runs T tokens into a KV cache of capacity C: the whole-sequence form of T
+  `attention_step`s.
+
+  Each row's first segment continues the cache (its tokens take positions pos, pos + 1, ..;
+  callers apply rotary at those positions); later segments of a packed row start with an empty
+  history. A token at position p sees positions max(0, p - C + 1) .. p of its segment.
+
+  Args:
+    q, k: [B, T, H, K]; v: [B, T, H, V] (array-likes; integers become floats).
+    cache: {k: [B, C, H, K], v: [B, C, H, V], pos: [B] int} (see `init_cache`); None starts
+      from an empty cache of `capacity` slots (default T) in k's dtype, scoring only the T new
+      keys (the training path: attention with window = capacity).
+    segment_ids: [B, T] int.
+    scale: multiplies q; default K**-0.5.
+    impl: "reference" (scores against the C cached and T new keys) | "auto".
+  Returns:
+    o: [B, T, H, V] in the dtype of v, and the cache after the last token: the last segment's
+    last C tokens at slots position % C (as if that segment ran alone after the cache when it
+    is the first), pos = its next position.
+  """
+  op = "attention_prefill"
+  q, k, v = _inputs(op, q, k, v)
+  B, T, H, K = jnp.shape(q)
+  V = jnp.shape(v)[-1]
+  empty = cache is None
+  if empty:
+    capacity = T if capacity is None else capacity
+    if not isinstance(capacity, int) or capacity < 1:
+      raise ValueError(f"{op}: capacity must be a positive int; got {capacity!r}")
+    cache = init_cache(B, capacity, H, K, V, k.dtype)
+  elif capacity is not None:
+    raise ValueError(f"{op}: capacity is the given cache's; pass capacity only with cache=None")
+  _check_cache(op, cache, B, H, K, V)
+  segment_ids = common.as_segment_ids(op, segment_ids, B, T)
+  form = common.dispatch(op, impl)
+  if T == 0:
+    return v, cache
+  scale = K ** -0.5 if scale is None else scale
+  o, cache = form(q, k, v, cache, segment_ids, scale, empty)
+  return o.astype(v.dtype), cache
+
+
+__all__ = ["attention", "attention_prefill", "attention_step", "init_cache"]

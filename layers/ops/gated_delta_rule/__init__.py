@@ -1,15 +1,13 @@
 """Gated delta rule (Gated DeltaNet; g=None is DeltaNet): a delta-rule update of a matrix state."""
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 
-from layers.ops import _chunk, _common
+from layers.ops import _chunk, common
 from layers.ops.gated_delta_rule import reference, xla
 
-_FORMS = {"reference": reference.gated_delta_rule, "chunk": xla.chunk}
+common.register("gated_delta_rule", {"reference": reference.gated_delta_rule,
+                                     "chunk": xla.chunk})
 
 
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
@@ -25,27 +23,27 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
   The op applies no sigmoid or L2 norm: callers pass beta in (0, 1) and L2-normalised q, k.
 
   Args:
-    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H] write strength.
+    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H] write strength (array-likes;
+      integers become floats).
     g: [B, T, H] log decay (<= 0) per head and step; None for DeltaNet (no decay).
     scale: multiplies q only; default K**-0.5.
     initial_state: S_{-1}, [B, H, K, V] (zeros when None); it feeds the first segment of each
-      row, later segments start from zero.
+      row, later segments start from zero. A complex state makes the computation complex.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (WY/UT transform within chunks, state
-      passed between them) | "auto".
+      passed between them) | "auto" (common.AUTO_FORMS).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).
   Returns:
     o: [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in the accumulation dtype
-    (float32 or wider).
+    (float32 or wider); at T = 0, an empty o and the initial state.
   """
   op = "gated_delta_rule"
-  out_dtype = jnp.result_type(v)
-  q, k, v, gates, h0, resets, scale = _chunk.prepare(
-      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids, chunk_size)
-  form = _FORMS[_common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="chunk")]
-  if form is xla.chunk:
-    form = functools.partial(form, chunk_size=chunk_size)
+  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
+      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids)
+  form = common.dispatch(op, impl, chunk_size=chunk_size)
+  if q.shape[1] == 0:
+    return v.astype(out_dtype), h0
   o, final = form(q, k, v, gates["beta"], gates["g"], h0, resets, scale=scale)
   return o.astype(out_dtype), final
 

@@ -7,23 +7,22 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from layers.ops import _common
+from layers.ops import common
 from layers.ops.selective_scan import reference, xla
 
-_FORMS = {"reference": reference.selective_scan, "chunk": xla.chunk}
+common.register("selective_scan", {"reference": reference.selective_scan, "chunk": xla.chunk})
 
 
-def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids,
-                  chunk_size):
+def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state):
   """Raises a ValueError naming the first badly shaped input; returns (B, T, Dm, G, N)."""
-  _common.check_rank(op, "u", u, 3, "[B, T, Dm]")
+  common.check_rank(op, "u", u, 3, "[B, T, Dm]")
   batch, length, width = jnp.shape(u)
   for name, x in (("delta", delta), ("z", z)):
     if x is not None:
-      _common.check_shape(op, name, x, (batch, length, width), "[B, T, Dm] like u")
-  _common.check_rank(op, "A", A, 2, "[Dm, N]")
+      common.check_shape(op, name, x, (batch, length, width), "[B, T, Dm] like u")
+  common.check_rank(op, "A", A, 2, "[Dm, N]")
   state = jnp.shape(A)[1]
-  _common.check_shape(op, "A", A, (width, state), "[Dm, N]")
+  common.check_shape(op, "A", A, (width, state), "[Dm, N]")
   if jnp.ndim(B) not in (3, 4):
     raise ValueError(f"{op}: B must have shape [B, T, N] or [B, T, G, N]; "
                      f"got shape {tuple(jnp.shape(B))}")
@@ -33,17 +32,14 @@ def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state, segmen
                      f"Dm={width}")
   layout = "[B, T, N]" if jnp.ndim(B) == 3 else "[B, T, G, N]"
   grouped = (batch, length) + ((groups,) if jnp.ndim(B) == 4 else ()) + (state,)
-  _common.check_shape(op, "B", B, grouped, layout)
-  _common.check_shape(op, "C", C, grouped, f"{layout} like B")
+  common.check_shape(op, "B", B, grouped, layout)
+  common.check_shape(op, "C", C, grouped, f"{layout} like B")
   for name, x in (("D", D), ("delta_bias", delta_bias)):
     if x is not None:
-      _common.check_shape(op, name, x, (width,), "[Dm]")
+      common.check_shape(op, name, x, (width,), "[Dm]")
   if initial_state is not None:
-    _common.check_shape(op, "initial_state", initial_state, (batch, width, state),
+    common.check_shape(op, "initial_state", initial_state, (batch, width, state),
                         "[B, Dm, N]")
-  _common.check_segment_ids(op, segment_ids, batch, length)
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}")
   return batch, length, width, groups, state
 
 
@@ -67,37 +63,38 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
       row, later segments start from zero.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
-      `chunk_size`, state carried across them, chunks rematerialised) | "auto" (reference
-      on CPU, chunk on GPU/TPU).
+      `chunk_size`, state carried across them, chunks rematerialised) | "auto"
+      (common.AUTO_FORMS: reference on CPU, chunk on GPU/TPU).
   Returns:
-    y: [B, T, Dm] in u's dtype, and the final state h_T [B, Dm, N] in the accumulation dtype
-    (float32 or wider).
+    y: [B, T, Dm] in u's dtype (complex if the initial state is), and the final state h_T
+    [B, Dm, N] in the accumulation dtype (float32 or wider); at T = 0, an empty y and the
+    initial state.
   """
   op = "selective_scan"
+  u, delta, A, B, C, D, z, delta_bias, initial_state = common.as_float(
+      u, delta, A, B, C, D, z, delta_bias, initial_state)
   batch, length, width, groups, state = _check_inputs(
-      op, u, delta, A, B, C, D, z, delta_bias, initial_state, segment_ids, chunk_size)
-  # On CPU the sequential scan is 5-9x faster forward and 3.7-5.4x forward+backward at every T
-  # measured (benchmarks/selective_scan.py); chunk plans 7x less backward memory at T >= 4096.
-  name = _common.resolve_impl(op, impl, tuple(_FORMS), cpu_default="reference",
-                              accelerator_default="chunk")
-  form = _FORMS[name]
-  if name == "chunk":
-    form = functools.partial(form, chunk_size=chunk_size)
-  optional = [x for x in (D, z, delta_bias, initial_state) if x is not None]
-  dtype = _common.accumulation_dtype(u, delta, A, B, C, *optional)
-  out_dtype = jnp.result_type(u)
-  u, delta, A, B, C = (x.astype(dtype) for x in (u, delta, A, B, C))
+      op, u, delta, A, B, C, D, z, delta_bias, initial_state)
+  segment_ids = common.as_segment_ids(op, segment_ids, batch, length)
+  form = common.dispatch(op, impl, chunk_size=chunk_size)
+  dtype = common.accumulation_dtype(u, delta, A, B, C, D, z, delta_bias)
+  state_dtype = common.accumulation_dtype(dtype, initial_state)  # complex with a complex state
+  out_dtype = common.output_dtype(u, initial_state)
+  delta, A, B, C = (x.astype(dtype) for x in (delta, A, B, C))
+  u = u.astype(state_dtype)
+  h0 = jnp.zeros((batch, width, state), state_dtype) if initial_state is None else (
+      initial_state.astype(state_dtype))
+  if length == 0:
+    return u.astype(out_dtype), h0
   dt = delta if delta_bias is None else delta + delta_bias.astype(dtype)[None, None]
   if delta_softplus:
     dt = jax.nn.softplus(dt)
   if jnp.ndim(B) == 3:
     B, C = B[:, :, None], C[:, :, None]
-  h0 = (jnp.zeros((batch, width, state), dtype) if initial_state is None
-        else initial_state.astype(dtype))
   split = functools.partial(rearrange, pattern="... (g c) -> ... g c", g=groups)
   y, final = form(split(u), split(dt), rearrange(A, "(g c) n -> g c n", g=groups), B, C,
                   rearrange(h0, "b (g c) n -> b g c n", g=groups),
-                  _common.segment_starts(segment_ids, batch, length))
+                  common.segment_starts(segment_ids, batch, length))
   y = rearrange(y, "b t g c -> b t (g c)")
   if D is not None:
     y = y + jnp.einsum("btd,d->btd", u, D.astype(dtype))

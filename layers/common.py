@@ -1,4 +1,5 @@
-"""Shared plumbing of the layers: input checks and per-segment positions.
+"""Shared plumbing of the layers: input checks and state sizes (the ops' helpers they use, such
+as `segment_positions` and `accumulation_dtype`, live in the public `layers.ops.common`).
 
 Shape legend: B batch, T time, D model width, H heads (or SSM channels), K head dim,
 N state size, W convolution width, C cache capacity.
@@ -7,9 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
-from layers.ops import _common as ops_common
 
 
 def check_input(module: str, x, width: int, step: bool = False) -> None:
@@ -17,19 +15,6 @@ def check_input(module: str, x, width: int, step: bool = False) -> None:
   layout = f"[B, D={width}]" if step else f"[B, T, D={width}]"
   if jnp.ndim(x) != (2 if step else 3) or jnp.shape(x)[-1] != width:
     raise ValueError(f"{module}: x must have shape {layout}; got {tuple(jnp.shape(x))}")
-
-
-def segment_positions(segment_ids: jax.Array | None, batch: int,
-                      length: int) -> tuple[jax.Array, jax.Array]:
-  """(segment index, position within the segment), both [B, T] int.
-
-  The index counts the boundaries before t (0 for the first segment of a row; a boundary is
-  where the id changes); the position is t minus the start of t's segment.
-  """
-  starts = ops_common.segment_starts(segment_ids, batch, length)
-  t = jnp.arange(length)[None]
-  first = lax.cummax(jnp.where(starts, t, 0), axis=1)
-  return jnp.cumsum(starts, axis=1), t - first
 
 
 def state_bytes(module, batch_size: int = 1, max_len: int = 1) -> int:

@@ -1,0 +1,172 @@
+"""Shared plumbing of the ops, public so layers use it too: the one `impl` dispatcher, the input
+rule every op applies, shape checks, segment resets and accumulation dtypes.
+
+Shape legend used across `layers.ops`:
+  B batch, T time, D channels, H heads, K key dim, V value dim, N state size, C chunk/cache.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+AUTO = "auto"
+# Every form name an op may offer; `impl` takes one of these.
+IMPLS = ("reference", "associative", "parallel", "chunk", "fft", "product", "pallas", AUTO)
+CHUNKED = ("chunk",)  # forms that take `chunk_size`
+ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+# What "auto" means, per op and platform ("cpu" or "accelerator"): the fastest form measured
+# there (benchmarks/). Pallas kernels join a platform's column only once that platform's
+# hardware-marked tests have passed on it.
+AUTO_FORMS: dict[str, dict[str, str]] = {
+    # CPU: the sequential scan is 2-10x faster than the associative one at every T measured
+    # (benchmarks/scan.py): O(T) work against O(T log T), memory streamed once.
+    "linear_scan": {"cpu": "reference", "accelerator": "associative"},
+    "log_linear_scan": {"cpu": "reference", "accelerator": "associative"},
+    # CPU: the sequential scan is 5-9x faster forward and 3.7-5.4x forward+backward
+    # (benchmarks/selective_scan.py); chunk plans 7x less backward memory at T >= 4096.
+    "selective_scan": {"cpu": "reference", "accelerator": "chunk"},
+    # chunk is as fast as parallel at T = 128 and faster beyond (benchmarks/linear_attention.py)
+    "linear_attention": {"cpu": "chunk", "accelerator": "chunk"},
+    "gated_delta_rule": {"cpu": "chunk", "accelerator": "chunk"},
+    # the FFT convolution (with the scan for rows of many segments) trains ~2x faster than the
+    # recurrence on padded LRA batches
+    "s4d_conv": {"cpu": "fft", "accelerator": "fft"},
+    "attention": {"cpu": "reference", "accelerator": "reference"},
+    "attention_prefill": {"cpu": "reference", "accelerator": "reference"},
+}
+
+
+def platform() -> str:
+  """"accelerator" on GPU/TPU, else "cpu": the columns of AUTO_FORMS."""
+  return "accelerator" if jax.default_backend() in ACCELERATORS else "cpu"
+
+
+# op -> {form name: function}: each op's module registers its forms (`register`).
+FORMS: dict[str, dict[str, Callable]] = {}
+
+
+def register(op: str, forms: Mapping[str, Callable]) -> None:
+  """Declares the forms of `op` (names from IMPLS; "reference" is the oracle)."""
+  unknown = set(forms) - set(IMPLS)
+  if "reference" not in forms or unknown or AUTO in forms:
+    raise ValueError(f"{op}: forms must include 'reference' and use names from {IMPLS}; "
+                     f"got {tuple(forms)}")
+  FORMS[op] = dict(forms)
+
+
+def resolve_impl(op: str, impl: str) -> str:
+  """The concrete form name of `op` for `impl`: "auto" looks up AUTO_FORMS for this platform.
+
+  A name that is not among the op's forms (a typo, or a form this op does not have) raises a
+  ValueError listing them.
+  """
+  forms = FORMS[op]
+  if impl == AUTO:
+    return AUTO_FORMS[op][platform()]
+  if impl not in forms:
+    known = ", ".join(repr(f) for f in (*forms, AUTO))
+    raise ValueError(f"{op}: unknown impl={impl!r}; expected one of {known}")
+  return impl
+
+
+def dispatch(op: str, impl: str, *, chunk_size: int | None = None) -> Callable:
+  """The function of the form `impl` resolves to (see `resolve_impl`); chunked forms get
+  `chunk_size` bound."""
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"{op}: chunk_size must be a positive int; got {chunk_size!r}")
+  name = resolve_impl(op, impl)
+  fn = FORMS[op][name]
+  if name in CHUNKED and chunk_size is not None:
+    return functools.partial(fn, chunk_size=chunk_size)
+  return fn
+
+
+def as_float(*xs):
+  """The input rule of every op: array-likes (NumPy arrays, Python scalars) become jax arrays
+  as `jnp.asarray` makes them, and integer or bool inputs are promoted to the default float
+  dtype (float32; float64 under jax_enable_x64). None stays None. Returns a tuple."""
+  def convert(x):
+    if x is None:
+      return None
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      x = x.astype(jnp.result_type(float))
+    return x
+  return tuple(convert(x) for x in xs)
+
+
+def as_segment_ids(op: str, segment_ids, batch: int, length: int):
+  """`segment_ids` as an integer jax array [B, T] (or None), checked."""
+  if segment_ids is None:
+    return None
+  segment_ids = jnp.asarray(segment_ids)
+  check_shape(op, "segment_ids", segment_ids, (batch, length), "[B, T]")
+  if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"{op}: segment_ids must be an integer array [B, T]; "
+                     f"got dtype {segment_ids.dtype}")
+  return segment_ids
+
+
+def output_dtype(x, initial_state=None) -> jnp.dtype:
+  """The dtype of an op's sequence output: that of `x`, made complex when the initial state is
+  complex (a complex state with real inputs makes the whole computation complex)."""
+  dtype = jnp.result_type(x)
+  if initial_state is not None and jnp.iscomplexobj(initial_state):
+    dtype = jnp.promote_types(dtype, jnp.complex64)
+  return dtype
+
+
+def check_rank(op: str, name: str, x, rank: int, layout: str) -> None:
+  """Raises a ValueError unless `x` has `rank` dimensions (named by `layout`)."""
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{op}: {name} must have shape {layout} (rank {rank}); "
+                     f"got shape {tuple(jnp.shape(x))}")
+
+
+def check_shape(op: str, name: str, x, expected: Sequence[int], layout: str) -> None:
+  """Raises a ValueError unless `x.shape == expected` (described by `layout`)."""
+  if tuple(jnp.shape(x)) != tuple(expected):
+    raise ValueError(f"{op}: {name} must have shape {layout} = {tuple(expected)}; "
+                     f"got {tuple(jnp.shape(x))}")
+
+
+def segment_starts(segment_ids: jax.Array | None, batch: int, length: int,
+                   reverse: bool = False) -> jax.Array:
+  """Reset flags `[B, T]`: True where a segment starts (in scan direction), never at the first step.
+
+  A boundary is where the id changes. Scanning in reverse, a segment starts at its last token.
+  """
+  if segment_ids is None or length == 0:
+    return jnp.zeros((batch, length), bool)
+  change = segment_ids[:, 1:] != segment_ids[:, :-1]
+  no_reset = jnp.zeros((batch, 1), bool)
+  if reverse:
+    return jnp.concatenate([change, no_reset], axis=1)
+  return jnp.concatenate([no_reset, change], axis=1)
+
+
+def segment_positions(segment_ids: jax.Array | None, batch: int,
+                      length: int) -> tuple[jax.Array, jax.Array]:
+  """(segment index, position within the segment), both [B, T] int.
+
+  The index counts the boundaries before t (0 for the first segment of a row; a boundary is
+  where the id changes); the position is t minus the start of t's segment.
+  """
+  starts = segment_starts(segment_ids, batch, length)
+  t = jnp.arange(length)[None]
+  first = jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+  return jnp.cumsum(starts, axis=1), t - first
+
+
+def accumulation_dtype(*xs) -> jnp.dtype:
+  """float32, or the inputs' dtype when wider (float64, complex); None entries are skipped."""
+  return jnp.result_type(*(x for x in xs if x is not None), jnp.float32)
+
+
+def broadcast_flags(flags: jax.Array, like: jax.Array) -> jax.Array:
+  """Appends trailing unit axes so `[B, T]` flags broadcast against `[B, T, ...]`."""
+  return flags.reshape(flags.shape + (1,) * (like.ndim - flags.ndim))

@@ -1,0 +1,69 @@
+"""The FFT form of the S4D convolution: the kernel K_l = 2 Re(C B_bar A_bar^l) applied by an
+FFT convolution, one per segment for packed rows of up to FFT_SEGMENTS segments."""
+import jax.numpy as jnp
+from jax import lax
+
+from layers.ops import common
+from layers.ops.s4d import reference
+
+FFT_SEGMENTS = 2  # packed rows of up to this many segments (e.g. text + padding) stay on FFT
+
+
+def powers(A_bar, length):
+  """A_bar^l for l = 0 .. length - 1 as exp(l log A_bar): the Vandermonde matrix [H, N/2, L]."""
+  lags = jnp.arange(length, dtype=A_bar.real.dtype)
+  return jnp.exp(jnp.einsum("hn,l->hnl", jnp.log(A_bar), lags))
+
+
+def kernel(C_B, power):
+  """K: [H, L] real, K_l = 2 Re sum_n (C B_bar)_n A_bar_n^l from C B_bar [H, N/2] and the
+  powers A_bar^l [H, N/2, L]."""
+  return 2 * jnp.einsum("hn,hnl->hl", C_B, power).real
+
+
+def fft_conv(u, K):
+  """y_t = sum_{s<=t} K_{t-s} u_s for u: [B, T, H], K: [H, L] (taps beyond T unused, missing
+  taps zero), by an FFT zero-padded to 2T; computed in u's dtype."""
+  T = u.shape[1]
+  n = 2 * T
+  u_f = jnp.fft.rfft(u, n=n, axis=1)
+  k_f = jnp.fft.rfft(K[:, :T].astype(u.dtype), n=n, axis=-1)
+  return jnp.fft.irfft(u_f * k_f.T[None], n=n, axis=1)[:, :T]
+
+
+def s4d_conv(u, A_bar, B_bar, C, x0, segment_ids):
+  """FFT form of `reference.s4d_conv` (same arguments and results).
+
+  Rows of at most FFT_SEGMENTS segments (padding is one) are convolved per segment; a batch
+  with a row of more segments runs the recurrence (`linear_scan`, impl "auto"), chosen at run
+  time by `lax.cond`.
+  """
+  batch, length, _ = u.shape
+  if segment_ids is None:
+    return _per_segment(u, A_bar, B_bar, C, x0, jnp.zeros((batch, length), jnp.int32), 1)
+  index = jnp.cumsum(common.segment_starts(segment_ids, batch, length), axis=1)
+  return lax.cond(jnp.all(index[:, -1] < FFT_SEGMENTS),
+                  lambda: _per_segment(u, A_bar, B_bar, C, x0, index, FFT_SEGMENTS),
+                  lambda: reference.s4d_conv(u, A_bar, B_bar, C, x0, segment_ids, "auto"))
+
+
+def _per_segment(u, A_bar, B_bar, C, x0, index, num_segments):
+  """The FFT convolution per segment k < num_segments (index: [B, T] segment of each token):
+
+    y_t = (K * u [index = k])_t for t in segment k, plus 2 Re(C A_bar^(t+1) x0) in segment 0;
+    x_T = sum_s A_bar^(T-1-s) B_bar u_s over the last segment (+ A_bar^T x0 if it is the
+    first).
+  """
+  batch, length, H = u.shape
+  power = powers(A_bar, length + 1)  # A_bar^l, l = 0 .. T
+  K = kernel(C * B_bar, power[..., :length])
+  masks = (jnp.arange(num_segments)[:, None, None] == index[None]).astype(u.dtype)
+  y = fft_conv(jnp.einsum("kbt,bth->kbth", masks, u).reshape(-1, length, H), K)
+  y = jnp.einsum("kbt,kbth->bth", masks, y.reshape(num_segments, batch, length, H))
+  first = (index == 0).astype(u.dtype)
+  y = y + first[..., None] * 2 * jnp.einsum("hn,hnt,bhn->bth", C, power[..., 1:], x0).real
+  last = index[:, -1]
+  u_last = jnp.einsum("bt,bth->bth", (index == last[:, None]).astype(u.dtype), u)
+  x_T = (jnp.einsum("b,hn,bhn->bhn", (last == 0).astype(u.dtype), power[..., length], x0)
+         + jnp.einsum("hn,hns,bsh->bhn", B_bar, power[..., length - 1::-1], u_last))
+  return y, x_T
