@@ -8,7 +8,7 @@ from flax import linen as nn
 
 from layers import axes, common
 from layers.ops import common as ops_common
-from layers.ops import log_linear_scan
+from layers.ops import linear_scan, log_linear_scan
 
 
 def g(x: jax.Array) -> jax.Array:
@@ -101,8 +101,9 @@ class _MinRNN(nn.Module):
     """x_t: [B, D] -> (y_t, h_t = exp(log a_t) h_{t-1} + exp(log b_t))."""
     common.check_input(type(self).__name__, x_t, self.d_model, step=True)
     log_a, log_b = self._log_coefficients(x_t)
-    h = (jnp.exp(log_a) * state + jnp.exp(log_b)).astype(self._state_dtype)
-    return self._output(h), h
+    _, h = linear_scan(jnp.exp(log_a)[:, None], jnp.exp(log_b)[:, None], state,
+                       impl="reference")
+    return self._output(h), h.astype(self._state_dtype)
 
 
 class MinGRU(_MinRNN):
