@@ -141,10 +141,11 @@ class GatedDeltaNet(DeltaNet):
     self.a_proj = self._dense(H, (axes.EMBED, axes.HEADS))
     self.A_log = self.param(
         "A_log", axes.param(lambda key, shape, dtype: jnp.log(jax.random.uniform(
-            key, shape, dtype, low, high)), axes.HEADS), (H,), self.param_dtype)
+            key, shape, dtype, low, high)), axes.HEADS, group=axes.SSM), (H,),
+        self.param_dtype)
     self.dt_bias = self.param(
         "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
-                              axes.HEADS), (H,), self.param_dtype)
+                              axes.HEADS, group=axes.SSM), (H,), self.param_dtype)
 
   def log_decay(self, x: jax.Array) -> jax.Array:
     dtype = self._state_dtype

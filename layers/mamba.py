@@ -113,12 +113,13 @@ class Mamba(_ConvSSM):
                             dtype=self.dtype, param_dtype=pd)
     self.dt_bias = self.param(
         "dt_bias", axes.param(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor),
-                              axes.MLP), (E,), pd)
+                              axes.MLP, group=axes.SSM), (E,), pd)
     self.A_log = self.param(
         "A_log", axes.param(lambda key, shape, dtype: jnp.broadcast_to(
-            jnp.log(jnp.arange(1, N + 1, dtype=dtype)), shape), axes.MLP, axes.STATE), (E, N),
-        pd)
-    self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP), (E,), pd)
+            jnp.log(jnp.arange(1, N + 1, dtype=dtype)), shape), axes.MLP, axes.STATE,
+            group=axes.SSM), (E, N), pd)
+    self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP, group=axes.NO_DECAY),
+                        (E,), pd)
     self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)
 
   @property
@@ -174,13 +175,14 @@ class Mamba2(_ConvSSM):
     self.in_proj = self._dense(2 * E + 2 * G * N + H, axes.EMBED, axes.MLP)
     self.conv = ShortConv(E + 2 * G * N, self.d_conv, activation="silu", dtype=self.dtype,
                           param_dtype=pd)
-    heads = lambda init: axes.param(init, axes.HEADS)
+    heads = lambda init, group: axes.param(init, axes.HEADS, group=group)
     self.dt_bias = self.param(
-        "dt_bias", heads(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor)), (H,), pd)
+        "dt_bias", heads(dt_bias_init(self.dt_min, self.dt_max, self.dt_init_floor), axes.SSM),
+        (H,), pd)
     self.A_log = self.param(
         "A_log", heads(lambda key, shape, dtype: jnp.log(_uniform(*self.A_init_range)(
-            key, shape, dtype))), (H,), pd)
-    self.D = self.param("D", heads(nn.initializers.ones), (H,), pd)
+            key, shape, dtype)), axes.SSM), (H,), pd)
+    self.D = self.param("D", heads(nn.initializers.ones, axes.NO_DECAY), (H,), pd)
     self.norm = GatedRMSNorm(norm_before_gate=False, group_size=E // G, eps=self.norm_eps,
                              dtype=self.dtype, param_dtype=pd)
     self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)

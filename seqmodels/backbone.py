@@ -48,6 +48,7 @@ class Block(nn.Module):
 class Backbone(nn.Module):
   """Token (or feature) embedding, `n_layers` blocks whose mixers follow `pattern` (layer i
   uses pattern[i % len(pattern)]: a hybrid when it names several), then a final RMSNorm.
+  The token embedding is N(0, 2 / (5 D)); embeddings take no weight decay.
 
   inputs: [B, T] int tokens when `vocab_size` is set, else [B, T, input_dim] features (a
   linear embedding). The state is a tuple with one mixer state per layer.
@@ -82,11 +83,15 @@ class Backbone(nn.Module):
                        f"{names} does not use")
     modules = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.vocab_size is not None:
+      # "small init" (Nguyen & Salazar 2019): tied logits h E^T (|h| = sqrt(D) after the
+      # final norm) start with std sqrt(2/5), so the initial loss is log(vocab_size) + ~0.2
       self.embed = nn.Embed(self.vocab_size, self.d_model, param_dtype=self.param_dtype,
-                            embedding_init=axes.param(nn.initializers.normal(stddev=1.0),
-                                                      axes.VOCAB, axes.EMBED))
+                            embedding_init=axes.param(
+                                nn.initializers.normal(stddev=(0.4 / self.d_model) ** 0.5),
+                                axes.VOCAB, axes.EMBED, group=axes.NO_DECAY))
     else:
-      self.embed = nn.Dense(self.d_model, kernel_init=axes.kernel(None, axes.EMBED),
+      self.embed = nn.Dense(self.d_model,
+                            kernel_init=axes.kernel(None, axes.EMBED, group=axes.NO_DECAY),
                             bias_init=axes.bias(axes.EMBED), **modules)
     self.blocks = [
         Block(registry.build_mixer(names[i % len(names)], self.d_model, causal=self.causal,

@@ -62,8 +62,11 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 
+_BACKBONE_SETS = ("d_model", "causal", "dtype", "param_dtype")
+
+
 def _unknown(kind: str, name, known) -> ValueError:
-  return ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+  return ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(set(known)))}")
 
 
 def register_mixer(name: str, cls: type[nn.Module],
@@ -73,21 +76,33 @@ def register_mixer(name: str, cls: type[nn.Module],
   MIXERS[name] = MixerSpec(cls, defaults)
 
 
+def mixer_options(name: str) -> tuple[str, ...]:
+  """The options a config may set for the mixer `name` (`model.mixer_kwargs.<name>`): the
+  fields of its class but those the backbone sets (d_model, causal, dtypes)."""
+  if name not in MIXERS:
+    raise _unknown("mixer", name, MIXERS)
+  fields = {f.name for f in dataclasses.fields(MIXERS[name].cls)}
+  return tuple(sorted(fields - {"parent", "name", *_BACKBONE_SETS}))
+
+
+def check_mixer_options(name: str, options) -> None:
+  """Raises a one-line ValueError naming the options of `options` that `name` lacks."""
+  known = mixer_options(name)
+  bad = sorted(set(options) - set(known))
+  if bad:
+    raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
+                     f"known: {', '.join(known)}")
+
+
 def build_mixer(name: str, d_model: int, *, causal: bool = True,
                 overrides: Mapping | None = None, **module_kwargs) -> nn.Module:
   """The mixer `name` at width `d_model`: registered defaults, then `overrides` (config
-  keys, checked against the class's fields), then `module_kwargs` (dtype, ...)."""
-  if name not in MIXERS:
-    raise _unknown("mixer", name, MIXERS)
-  spec = MIXERS[name]
-  fields = {f.name for f in dataclasses.fields(spec.cls)} - {"parent", "name"}
+  keys, checked against `mixer_options`), then `module_kwargs` (dtype, ...)."""
   overrides = dict(overrides or {})
-  bad = sorted(set(overrides) - fields)
-  if bad:
-    raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
-                     f"known: {', '.join(sorted(fields - {'d_model', 'dtype', 'param_dtype'}))}")
+  check_mixer_options(name, overrides)
+  spec = MIXERS[name]
   kwargs = {**spec.defaults(d_model), **overrides, **module_kwargs}
-  if "causal" in fields:
+  if "causal" in {f.name for f in dataclasses.fields(spec.cls)}:
     kwargs["causal"] = causal
   elif not causal:
     raise ValueError(f"mixer {name!r} has no bidirectional form (causal=False)")
@@ -102,7 +117,7 @@ def get_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
     elif pattern in MIXERS:
       names = (pattern,)
     else:
-      raise _unknown("mixer or block pattern", pattern, (*MIXERS, *PATTERNS))
+      raise _unknown("mixer or block pattern", pattern, known_models())
   else:
     names = tuple(pattern)
   for name in names:
@@ -114,5 +129,6 @@ def get_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def known_models() -> tuple[str, ...]:
-  """Every name a config's `model` may take: mixers and block patterns."""
-  return tuple(sorted((*MIXERS, *PATTERNS)))
+  """Every name a config's `model` may take: mixers and block patterns, each once ("based"
+  is both)."""
+  return tuple(sorted({*MIXERS, *PATTERNS}))

@@ -12,7 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import config_lib, optim
 from train.loop import NonFiniteError, train_and_evaluate
 from train.metrics import read_metrics
 from train.tasks import TASKS, MQAR
@@ -123,41 +122,6 @@ def test_config_errors_are_one_line(tmp_path, args, message):
   lines = result.stderr.strip().splitlines()
   assert lines == [lines[0]] and lines[0].startswith(message), result.stderr
   assert not (tmp_path / "checkpoints").exists()
-
-
-def test_optimizer_groups_and_schedule():
-  opt = config_lib.base_config("s4d", "tiny").opt
-  params = {"blocks_0": {"mixer": {"log_dt": jnp.zeros(3), "A_imag": jnp.zeros(3),
-                                   "D": jnp.zeros(3), "Dense_0": {"kernel": jnp.zeros(3)},
-                                   "out_proj": {"kernel": jnp.zeros((3, 3)),
-                                                "bias": jnp.zeros(3)}},
-                         "mixer_norm": {"scale": jnp.zeros(3)}},
-            "embed": {"embedding": jnp.zeros((5, 3))}}
-  labels = optim.param_labels(params, opt.ssm_pattern, opt.no_decay_pattern)
-  assert labels["blocks_0"]["mixer"]["log_dt"] == "ssm"
-  assert labels["blocks_0"]["mixer"]["A_imag"] == "ssm"
-  assert labels["blocks_0"]["mixer"]["D"] == "no_decay"
-  assert labels["blocks_0"]["mixer"]["Dense_0"]["kernel"] == "default"
-  assert labels["blocks_0"]["mixer"]["out_proj"] == {"kernel": "default", "bias": "no_decay"}
-  assert labels["blocks_0"]["mixer_norm"]["scale"] == "no_decay"
-  assert labels["embed"]["embedding"] == "no_decay"
-  _, lr = optim.make_optimizer(opt, total_steps=1000)
-  assert float(lr(0)) == 0.0
-  np.testing.assert_allclose(float(lr(opt.warmup_steps)), opt.lr, rtol=1e-6)
-  np.testing.assert_allclose(float(lr(1000)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
-
-
-def test_gradient_accumulation_applies_every_k_steps():
-  opt = config_lib.base_config("attention", "tiny").opt
-  opt.update(grad_accum_steps=3, warmup_steps=0)
-  tx, _ = optim.make_optimizer(opt, total_steps=100)
-  params = {"w": jnp.ones(4)}
-  state = tx.init(params)
-  changed = []
-  for _ in range(6):
-    updates, state = tx.update({"w": jnp.ones(4)}, state, params)
-    changed.append(bool(jnp.any(updates["w"] != 0)))
-  assert changed == [False, False, True, False, False, True]
 
 
 @pytest.mark.parametrize("mixer", ["s4d", "mingru_attention"])
