@@ -63,6 +63,8 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 
 
 _BACKBONE_SETS = ("d_model", "causal", "dtype", "param_dtype")
+# the type of an option's default -> the types its values may have
+_KINDS = {bool: bool, int: int, float: (int, float), str: str, tuple: (tuple, list)}
 
 
 def _unknown(kind: str, name, known) -> ValueError:
@@ -85,13 +87,22 @@ def mixer_options(name: str) -> tuple[str, ...]:
   return tuple(sorted(fields - {"parent", "name", *_BACKBONE_SETS}))
 
 
-def check_mixer_options(name: str, options) -> None:
-  """Raises a one-line ValueError naming the options of `options` that `name` lacks."""
+def check_mixer_options(name: str, options: Mapping) -> None:
+  """Raises a one-line ValueError for the first option of `options` ({option: value}) that
+  the mixer `name` lacks, or whose value is not of its default's kind (bool, int, float: an
+  int too, str, tuple: a list too)."""
   known = mixer_options(name)
   bad = sorted(set(options) - set(known))
   if bad:
     raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
                      f"known: {', '.join(known)}")
+  defaults = {f.name: f.default for f in dataclasses.fields(MIXERS[name].cls)}
+  for option, value in options.items():
+    kinds = _KINDS.get(type(defaults[option]))
+    if kinds and value is not None and not (isinstance(value, kinds) and (
+        isinstance(value, bool) == isinstance(defaults[option], bool))):
+      raise ValueError(f"mixer {name!r}: option {option}={value!r} must be like its default "
+                       f"{defaults[option]!r}")
 
 
 def build_mixer(name: str, d_model: int, *, causal: bool = True,
