@@ -12,9 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train.loop import NonFiniteError, train_and_evaluate
+from train.loop import NonFiniteError, build, train_and_evaluate
 from train.metrics import read_metrics
-from train.tasks import TASKS, MQAR
+from train.tasks import MQAR, TASKS, build_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MQAR_CONFIG = os.path.join(ROOT, "configs", "synthetic", "mqar.py")
@@ -42,6 +42,21 @@ def test_attention_learns_mqar_and_a_model_without_mixing_cannot(tmp_path):
              if "loss" in r)
   assert os.path.exists(tmp_path / "attention" / "config.json")
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "attention" / "tb"))
+
+
+@pytest.mark.parametrize("model", ["attention", "s4d", "mamba2"])
+def test_a_fresh_tied_lm_starts_near_log_vocab(model):
+  """The tied logits h E^T start small (embedding std sqrt(2 / 5D)): the first loss is
+  log V + ~0.2, not tens of nats."""
+  config = _mqar_config(model)
+  assert config.model.tie_embeddings
+  task = build_task(config.task)
+  batch = jax.tree.map(jnp.asarray, task.dataset("eval", 32, 32)[0])
+  setup = build(config, task, batch["inputs"])
+  loss = jax.jit(lambda rng: task.loss_and_metrics(setup.model.apply(
+      {"params": setup.init(rng).params}, batch["inputs"]), batch)[0])
+  for seed in range(3):
+    assert abs(float(loss(jax.random.key(seed))) - np.log(task.vocab_size)) < 0.5, seed
 
 
 def _train_command(workdir, steps):
