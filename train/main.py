@@ -96,7 +96,7 @@ def set_mixer_options(config: ml_collections.ConfigDict,
                       options: list[tuple[str, str, str]]) -> None:
   """config.model.mixer_kwargs[mixer][option] = value for each (mixer, option, value), each
   checked against the mixers of the model's pattern and that mixer's options."""
-  used = registry.get_pattern(config.model.mixer)
+  used = registry.get_pattern(config.model.mixer) if options else ()
   for mixer, option, value in options:
     where = f"{MIXER_OPTION}{mixer}.{option}"
     if mixer not in used:

@@ -46,8 +46,8 @@ def test_attention_learns_mqar_and_a_model_without_mixing_cannot(tmp_path):
 
 @pytest.mark.parametrize("model", ["attention", "s4d", "mamba2"])
 def test_a_fresh_tied_lm_starts_near_log_vocab(model):
-  """The tied logits h E^T start small (embedding std sqrt(2 / 5D)): the first loss is
-  log V + ~0.2, not tens of nats."""
+  """The tied logits h E^T start small (seqmodels.backbone.EMBED_STD): the first loss is
+  near log V, not tens of nats."""
   config = _mqar_config(model)
   assert config.model.tie_embeddings
   task = build_task(config.task)
