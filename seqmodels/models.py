@@ -154,10 +154,15 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def get_architecture(name: str) -> Callable[..., nn.Module]:
+  """The builder registered as `name`; a ValueError listing the known ones otherwise."""
+  if name not in ARCHITECTURES:
+    raise ValueError(f"model.architecture={name!r} is unknown; known: "
+                     f"{', '.join(sorted(ARCHITECTURES))}")
+  return ARCHITECTURES[name]
+
+
 def build_model(model, facts: TaskFacts) -> nn.Module:
   """The architecture `model.architecture` (a key of ARCHITECTURES) built from `model`
   (config.model) and the task's `facts`."""
-  if model.architecture not in ARCHITECTURES:
-    raise ValueError(f"model.architecture={model.architecture!r} is unknown; known: "
-                     f"{', '.join(sorted(ARCHITECTURES))}")
-  return ARCHITECTURES[model.architecture](model, facts)
+  return get_architecture(model.architecture)(model, facts)

@@ -11,7 +11,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from layers import axes
-from seqmodels import ARCHITECTURES, registry
+from seqmodels import registry
+from seqmodels.models import get_architecture
 from train import sharding
 
 SIZES = {  # size name -> (d_model, n_layers)
@@ -119,9 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if model.mixer not in registry.known_models():
     raise ValueError(f"model.mixer={model.mixer!r} is unknown; known: "
                      f"{', '.join(registry.known_models())}")
-  if model.architecture not in ARCHITECTURES:
-    raise ValueError(f"model.architecture={model.architecture!r} is unknown; known: "
-                     f"{', '.join(sorted(ARCHITECTURES))}")
+  get_architecture(model.architecture)
   if model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={model.dtype!r}: expected one of {', '.join(DTYPES)}")
   names = registry.get_pattern(model.mixer)

@@ -58,6 +58,7 @@ class Setup:
 
 
 def _new_state(params, tx, rng) -> TrainState:
+  """Step 0 of `params`: fresh optimizer state, `rng` for what follows."""
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(rng))
 
 

@@ -126,6 +126,10 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     (["--config.model.mixer=lstm"], "error: model.mixer='lstm' is unknown; known: attention"),
     (["--config.run.steps=-5"], "error: run.steps=-5: expected a positive number"),
     (["--config.model.dtype=float16"], "error: model.dtype='float16': expected one of float32"),
+    (["--config.model.architecture=seq2seq"],
+     "error: model.architecture='seq2seq' is unknown; known: classifier, lm"),
+    (["--config.opt.groups.ssm.weight_decay=-1"],
+     "error: opt.groups.ssm.weight_decay=-1.0: expected a number >= 0"),
     (["--config.mesh.rules=(('embedd', 'fsdp'),)"],
      "error: mesh.rules: ('embedd', 'fsdp') must be (logical axis, mesh axes)"),
 ])
