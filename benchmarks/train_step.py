@@ -17,12 +17,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from benchmarks import common
 from seqmodels import registry
 from train import config_lib
 from train.loop import build
+from train.tasks import build_task
 
 
 def matmul_flops_per_s(n: int = 2048) -> float:
@@ -36,19 +36,20 @@ def step_fn(mixer: str, batch: int, length: int):
   config = config_lib.base_config(mixer, "base")
   config.model.update(d_model=256, n_layers=4)
   config.task = {"name": "mqar", "vocab_size": 256, "num_pairs": 8, "seq_len": length}
-  _, model, tx, _ = build(config)
   tokens = jax.random.randint(jax.random.key(1), (batch, length), 0, 256)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens)["params"])
+  setup = build(config, build_task(config.task), tokens)
+  model, tx = setup.model, setup.tx
+  state = jax.jit(setup.init)(jax.random.key(0))
 
   def train_step(params, opt_state, tokens):
     def loss(params):
-      logits, _ = model.apply({"params": params}, tokens[:, :-1])
+      logits = model.apply({"params": params}, tokens[:, :-1])
       return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
     grads = jax.grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return jax.tree.map(jnp.add, params, updates), opt_state
 
-  return jax.jit(train_step, donate_argnums=(0, 1)), params, tx.init(params), tokens
+  return jax.jit(train_step, donate_argnums=(0, 1)), state.params, state.opt_state, tokens
 
 
 def data_parallel(args, length: int) -> None:

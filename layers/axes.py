@@ -1,13 +1,20 @@
-"""Logical axis names of the parameters.
+"""Logical axis names and optimizer groups of the parameters.
 
-Every parameter says what each of its axes is (`nn.with_logical_partitioning`); the training
-config's `mesh.rules` map these names onto the device mesh (train/sharding.py), so no layer
-names a device axis. `model.init` returns the parameters boxed with their names
-(`nn.get_partition_spec` reads them, `nn.unbox` drops them); `apply` takes either.
+Every parameter says what each of its axes is and which optimizer group it belongs to
+(`param`, `kernel`, `bias` box its initial value in a `Param`); the training config's
+`mesh.rules` map the names onto the device mesh (train/sharding.py), so no layer names a
+device axis, and `config.opt.groups` give each group its learning rate and weight decay
+(train/optim.py), so no config matches parameter names. `model.init` returns the parameters
+boxed (`nn.get_partition_spec` reads the names, `groups` the groups, `nn.unbox` drops both);
+`apply` takes either.
 """
 from __future__ import annotations
 
+import functools
+
+import jax
 from flax import linen as nn
+from flax import struct
 
 EMBED = "embed"        # the model width D
 MLP = "mlp"            # an expanded inner width (MLP hidden, Mamba/BaseConv E, GLU input)
@@ -18,17 +25,46 @@ CONV = "conv"          # convolution taps W
 VOCAB = "vocab"        # the token vocabulary
 NAMES = (EMBED, MLP, HEADS, HEAD_DIM, STATE, CONV, VOCAB)
 
+DEFAULT = "default"    # weight matrices: opt.lr and opt.weight_decay
+NO_DECAY = "no_decay"  # norm scales, biases, embeddings, skip weights D: no weight decay
+SSM = "ssm"            # state-space dynamics (A, dt): opt.ssm_lr, no weight decay
+GROUPS = (DEFAULT, NO_DECAY, SSM)
 
-def param(init, *names: str | None):
-  """`init` whose parameter carries one logical name per axis (None: never sharded)."""
-  return nn.with_logical_partitioning(init, names)
+
+class Param(nn.LogicallyPartitioned, eq=False):
+  """A parameter boxed with its logical axis `names` and its optimizer `group` (both static:
+  not pytree leaves)."""
+  group: str = struct.field(default=DEFAULT, pytree_node=False)
 
 
-def kernel(*names: str | None, init=nn.initializers.lecun_normal()):
+def param(init, *names: str | None, group: str = DEFAULT):
+  """`init` whose parameter carries one logical name per axis (None: never sharded) and its
+  optimizer group (one of GROUPS)."""
+  if group not in GROUPS:
+    raise ValueError(f"unknown optimizer group {group!r}; known: {', '.join(GROUPS)}")
+
+  @functools.wraps(init)
+  def boxed(*args, **kwargs) -> Param:
+    return Param(init(*args, **kwargs), names, group=group)
+  return boxed
+
+
+def kernel(*names: str | None, init=nn.initializers.lecun_normal(), group: str = DEFAULT):
   """A Dense / DenseGeneral kernel_init (flax's default lecun normal) with logical names."""
-  return param(init, *names)
+  return param(init, *names, group=group)
 
 
 def bias(name: str | None):
-  """A Dense bias_init (zeros, as flax) with its logical name."""
-  return param(nn.initializers.zeros_init(), name)
+  """A Dense bias_init (zeros, as flax) with its logical name; biases take no weight decay."""
+  return param(nn.initializers.zeros_init(), name, group=NO_DECAY)
+
+
+def _is_box(x) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def groups(boxed):
+  """The optimizer group of every parameter of a boxed tree (`model.init`'s, or its
+  `jax.eval_shape`), in the tree of the unboxed parameters; DEFAULT where none is declared."""
+  return jax.tree.map(lambda x: x.group if isinstance(x, Param) else DEFAULT, boxed,
+                      is_leaf=_is_box)

@@ -44,8 +44,8 @@ class ShortConv(nn.Module):
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
     self.kernel = self.param("kernel", axes.param(init, axes.CONV, self.channel_axis),
                              (self.width, self.d_model), self.param_dtype)
-    self.bias = (self.param("bias", axes.param(init, self.channel_axis), (self.d_model,),
-                            self.param_dtype)
+    self.bias = (self.param("bias", axes.param(init, self.channel_axis, group=axes.NO_DECAY),
+                            (self.d_model,), self.param_dtype)
                  if self.use_bias else jnp.zeros((self.d_model,), self.param_dtype))
 
   def _mix(self, windows: jax.Array) -> jax.Array:

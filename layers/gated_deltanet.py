@@ -139,11 +139,11 @@ class GatedDeltaNet(DeltaNet):
     H, low, high = self.num_heads, *self.A_init_range
     self.a_proj = self._dense(H, (axes.EMBED, axes.HEADS))
     self.A_log = self.param(
-        "A_log", axes.param(initializers.log_uniform(low, high), axes.HEADS), (H,),
-        self.param_dtype)
+        "A_log", axes.param(initializers.log_uniform(low, high), axes.HEADS, group=axes.SSM),
+        (H,), self.param_dtype)
     self.dt_bias = self.param(
         "dt_bias", axes.param(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor),
-                              axes.HEADS), (H,), self.param_dtype)
+                              axes.HEADS, group=axes.SSM), (H,), self.param_dtype)
 
   def log_decay(self, x: jax.Array) -> jax.Array:
     dtype = self._state_dtype

@@ -94,16 +94,18 @@ class Mamba(_ConvSSM):
     self.conv = ShortConv(E, self.conv_width, activation="silu", dtype=self.dtype, param_dtype=pd)
     self.x_proj = self._dense(self.rank + 2 * N, axes.MLP, None)
     bound = self.rank ** -0.5
-    self.dt_proj = nn.Dense(E, use_bias=False,
-                            kernel_init=axes.kernel(None, axes.MLP, init=initializers.uniform(-bound, bound)),
-                            dtype=self.dtype, param_dtype=pd)
+    self.dt_proj = nn.Dense(
+        E, use_bias=False,
+        kernel_init=axes.kernel(None, axes.MLP, init=initializers.uniform(-bound, bound)),
+        dtype=self.dtype, param_dtype=pd)
     self.dt_bias = self.param(
         "dt_bias", axes.param(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor),
-                              axes.MLP), (E,), pd)
+                              axes.MLP, group=axes.SSM), (E,), pd)
     self.A_log = self.param(
         "A_log", axes.param(initializers.constant(np.log(np.arange(1, N + 1))), axes.MLP,
-                            axes.STATE), (E, N), pd)
-    self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP), (E,), pd)
+                            axes.STATE, group=axes.SSM), (E, N), pd)
+    self.D = self.param("D", axes.param(nn.initializers.ones, axes.MLP, group=axes.NO_DECAY),
+                        (E,), pd)
     self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)
 
   @property
@@ -159,12 +161,13 @@ class Mamba2(_ConvSSM):
     self.in_proj = self._dense(2 * E + 2 * G * N + H, axes.EMBED, axes.MLP)
     self.conv = ShortConv(E + 2 * G * N, self.conv_width, activation="silu", dtype=self.dtype,
                           param_dtype=pd)
-    heads = lambda init: axes.param(init, axes.HEADS)
+    heads = lambda init, group: axes.param(init, axes.HEADS, group=group)
     self.dt_bias = self.param(
-        "dt_bias", heads(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor)), (H,), pd)
+        "dt_bias", heads(initializers.dt_bias(self.dt_min, self.dt_max, self.dt_init_floor),
+                         axes.SSM), (H,), pd)
     self.A_log = self.param(
-        "A_log", heads(initializers.log_uniform(*self.A_init_range)), (H,), pd)
-    self.D = self.param("D", heads(nn.initializers.ones), (H,), pd)
+        "A_log", heads(initializers.log_uniform(*self.A_init_range), axes.SSM), (H,), pd)
+    self.D = self.param("D", heads(nn.initializers.ones, axes.NO_DECAY), (H,), pd)
     self.norm = GatedRMSNorm(norm_before_gate=False, group_size=E // G, eps=self.norm_eps,
                              dtype=self.dtype, param_dtype=pd)
     self.out_proj = self._dense(self.d_model, axes.MLP, axes.EMBED)

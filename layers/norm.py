@@ -33,7 +33,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name),
+    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name,
+                                           group=axes.NO_DECAY),
                        (jnp.shape(x)[-1],), self.param_dtype)
     return jnp.einsum("...d,d->...d", rms_normalize(x, self.eps), scale).astype(self.dtype)
 
@@ -57,7 +58,8 @@ class GatedRMSNorm(nn.Module):
     if jnp.shape(z) != jnp.shape(x):
       raise ValueError(f"GatedRMSNorm: gate z must have the shape of x {tuple(jnp.shape(x))}; "
                        f"got {tuple(jnp.shape(z))}")
-    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name),
+    scale = self.param("scale", axes.param(nn.initializers.ones, self.axis_name,
+                                           group=axes.NO_DECAY),
                        (jnp.shape(x)[-1],), self.param_dtype)
     gate = jax.nn.silu(z.astype(ops_common.accumulation_dtype(z)))
     if self.norm_before_gate:

@@ -49,18 +49,20 @@ class S4D(nn.Module):
     pd = self.param_dtype
     self.log_dt = self.param(
         "log_dt", axes.param(initializers.uniform(np.log(self.dt_min), np.log(self.dt_max)),
-                             axes.EMBED), (H,), pd)
+                             axes.EMBED, group=axes.SSM), (H,), pd)
     A_re, A_im = initializers.s4d_A(self.A_init, self.d_state)
-    modes = lambda init: axes.param(init, axes.EMBED, axes.STATE)
-    self.log_A_real = self.param("log_A_real", modes(initializers.constant(np.log(-A_re))),
-                                 (H, half), pd)
-    self.A_imag = self.param("A_imag", modes(initializers.constant(A_im)), (H, half), pd)
+    modes = lambda init, group=axes.DEFAULT: axes.param(init, axes.EMBED, axes.STATE,
+                                                        group=group)
+    self.log_A_real = self.param(
+        "log_A_real", modes(initializers.constant(np.log(-A_re)), axes.SSM), (H, half), pd)
+    self.A_imag = self.param("A_imag", modes(initializers.constant(A_im), axes.SSM), (H, half),
+                             pd)
     c_init = modes(nn.initializers.normal(stddev=0.5 ** 0.5))  # CN(0, 1): Re, Im ~ N(0, 1/2)
     directions = ("",) if self.causal else ("", "_bwd")
     self.C = [lax.complex(self.param(f"C{d}_re", c_init, (H, half), pd),
                           self.param(f"C{d}_im", c_init, (H, half), pd)) for d in directions]
-    self.D = self.param("D", axes.param(nn.initializers.normal(stddev=1.0), axes.EMBED), (H,),
-                        pd)
+    self.D = self.param("D", axes.param(nn.initializers.normal(stddev=1.0), axes.EMBED,
+                                        group=axes.NO_DECAY), (H,), pd)
     self.out_proj = nn.Dense(2 * H, kernel_init=axes.kernel(axes.EMBED, axes.MLP),
                              bias_init=axes.bias(axes.MLP), dtype=self.dtype, param_dtype=pd)
 

@@ -3,7 +3,8 @@ and the registry of mixers / block patterns / architectures by name."""
 from seqmodels import registry
 from seqmodels.backbone import Backbone, Block
 from seqmodels.generate import generate
-from seqmodels.models import ARCHITECTURES, Classifier, LanguageModel, build_model
+from seqmodels.models import (ARCHITECTURES, Classifier, LanguageModel, TaskFacts,
+                              build_model)
 from seqmodels.sampling import GREEDY, Sampler
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Classifier",
     "LanguageModel",
     "Sampler",
+    "TaskFacts",
     "build_model",
     "generate",
     "registry",

@@ -12,6 +12,9 @@ from layers import MLP, RMSNorm, axes
 from seqmodels import registry
 
 
+EMBED_STD = 0.3  # token embedding std, times sqrt(D)
+
+
 class Block(nn.Module):
   """Pre-norm residual block: x + mixer(norm(x)), then x + MLP(norm(x)).
 
@@ -48,6 +51,10 @@ class Block(nn.Module):
 class Backbone(nn.Module):
   """Token (or feature) embedding, `n_layers` blocks whose mixers follow `pattern` (layer i
   uses pattern[i % len(pattern)]: a hybrid when it names several), then a final RMSNorm.
+  Token embeddings E ~ N(0, EMBED_STD^2 / D) enter as E[token] * sqrt(D), as Gemma's; a tied
+  LM head (h E^T, |h| = sqrt(D) after the final norm) then starts with logits of std
+  EMBED_STD, near uniform: the initial loss is about log(vocab_size). Embeddings take no
+  weight decay.
 
   inputs: [B, T] int tokens when `vocab_size` is set, else [B, T, input_dim] features (a
   linear embedding). The state is a tuple with one mixer state per layer.
@@ -83,10 +90,12 @@ class Backbone(nn.Module):
     modules = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.vocab_size is not None:
       self.embed = nn.Embed(self.vocab_size, self.d_model, param_dtype=self.param_dtype,
-                            embedding_init=axes.param(nn.initializers.normal(stddev=1.0),
-                                                      axes.VOCAB, axes.EMBED))
+                            embedding_init=axes.param(
+                                nn.initializers.normal(stddev=EMBED_STD / self.d_model ** 0.5),
+                                axes.VOCAB, axes.EMBED, group=axes.NO_DECAY))
     else:
-      self.embed = nn.Dense(self.d_model, kernel_init=axes.kernel(None, axes.EMBED),
+      self.embed = nn.Dense(self.d_model,
+                            kernel_init=axes.kernel(None, axes.EMBED, group=axes.NO_DECAY),
                             bias_init=axes.bias(axes.EMBED), **modules)
     self.blocks = [
         Block(registry.build_mixer(names[i % len(names)], self.d_model, causal=self.causal,
@@ -107,7 +116,9 @@ class Backbone(nn.Module):
       layout = f"[B, F={self.input_dim}]" if step else f"[B, T, F={self.input_dim}]"
       raise ValueError(f"Backbone: feature inputs must have shape {layout}; got "
                        f"{tuple(jnp.shape(inputs))}")
-    return self.embed(inputs).astype(self.dtype)
+    if self.vocab_size is None:
+      return self.embed(inputs).astype(self.dtype)
+    return (self.embed(inputs) * self.d_model ** 0.5).astype(self.dtype)
 
   def __call__(self, inputs, state=None, segment_ids=None):
     """inputs: [B, T] tokens or [B, T, F] -> (h: [B, T, D], per-layer states)."""

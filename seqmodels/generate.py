@@ -17,7 +17,7 @@ def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sample
   # and rotary positions from 0 at the first real token.
   segment_ids = prompt_mask.astype(jnp.int32)
   state = model.apply(variables, B, P + max_new_tokens, method="init_state")
-  logits, state = model.apply(variables, prompt, state, segment_ids)
+  logits, state = model.apply(variables, prompt, state, segment_ids, method="prefill")
   keys = jax.random.split(rng, max_new_tokens)
   first = sampler(keys[0], logits[:, -1])
 
@@ -37,7 +37,7 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
   """Continues `prompt` by `max_new_tokens` tokens drawn with `sampler`.
 
   Args:
-    model: a module with `__call__(tokens, state, segment_ids)`, `init_state` and `step`
+    model: a module with `prefill(tokens, state, segment_ids)`, `init_state` and `step`
       returning logits (`LanguageModel`).
     prompt: [B, P] int; prompts of different lengths are left-padded.
     max_new_tokens: number of tokens to generate (static: one compilation per value).

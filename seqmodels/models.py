@@ -1,5 +1,12 @@
-"""Architectures over a `Backbone`: a language model and a sequence classifier."""
+"""Architectures over a `Backbone`: a language model and a sequence classifier, and the
+registry that builds one from (config.model, task facts).
+
+Every architecture trains through one call, `model(inputs, segment_ids=None) -> logits`.
+"""
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +21,10 @@ POOLINGS = ("mean", "last")
 
 class LanguageModel(nn.Module):
   """Next-token logits: logits_t = head(Backbone(tokens)_t), head tied to the embedding
-  (logits = h E^T) or a separate bias-free projection. Needs a causal token backbone."""
+  (logits = h E^T) or a separate bias-free projection. Needs a causal token backbone.
+
+  Training: `model(tokens, segment_ids)`; decoding: `prefill`, `init_state`, `step`.
+  """
   backbone: Backbone
   tie_embeddings: bool = True
 
@@ -32,12 +42,18 @@ class LanguageModel(nn.Module):
     logits = self.backbone.embed.attend(h) if self.tie_embeddings else self.head(h)
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
-  def __call__(self, tokens, state=None, segment_ids=None):
-    """tokens: [B, T] int -> (logits: [B, T, vocab] float32 or wider, per-layer states)."""
+  def __call__(self, tokens, segment_ids=None):
+    """tokens: [B, T] int -> logits: [B, T, vocab] (float32 or wider)."""
+    return self.prefill(tokens, None, segment_ids)[0]
+
+  def prefill(self, tokens, state, segment_ids=None):
+    """tokens: [B, T] int, state: per-layer states (`init_state`; None: empty) -> (logits:
+    [B, T, vocab] float32 or wider, per-layer states after the last token)."""
     h, state = self.backbone(tokens, state, segment_ids)
     return self._logits(h), state
 
   def init_state(self, batch_size: int, max_len: int):
+    """Per-layer empty states for decoding up to `max_len` tokens."""
     return self.backbone.init_state(batch_size, max_len)
 
   def step(self, tokens_t, state):
@@ -96,12 +112,57 @@ class Classifier(nn.Module):
     return self.head(jnp.concatenate([h[0], h[1], h[0] * h[1], h[0] - h[1]], axis=-1))
 
 
-ARCHITECTURES = {"lm": LanguageModel, "classifier": Classifier}
+@dataclasses.dataclass(frozen=True)
+class TaskFacts:
+  """What an architecture needs to know of the task it is built for (the task gives them)."""
+  vocab_size: int | None = None   # token inputs [B, T]; None: features [B, T, input_dim]
+  input_dim: int | None = None
+  causal: bool = True             # False: bidirectional mixers
+  num_classes: int | None = None  # a classification task; None: next-token prediction
+  pooling: str = "mean"           # classifiers: "mean" | "last"
+  two_tower: bool = False         # classifiers: inputs hold two sequences [B, 2, T(, F)]
 
 
-def build_model(architecture: str, backbone: Backbone, **kwargs) -> nn.Module:
-  """The architecture `architecture` ("lm" | "classifier") over `backbone`."""
-  if architecture not in ARCHITECTURES:
-    raise ValueError(f"unknown architecture {architecture!r}; known: "
+def backbone(model, facts: TaskFacts) -> Backbone:
+  """The Backbone of `model` (config.model: mixer, d_model, n_layers, mlp_expand, dtype,
+  mixer_kwargs) over the task's inputs."""
+  return Backbone(d_model=model.d_model, n_layers=model.n_layers, pattern=model.mixer,
+                  vocab_size=facts.vocab_size, input_dim=facts.input_dim,
+                  mixer_kwargs={name: dict(options)
+                                for name, options in model.mixer_kwargs.items()},
+                  mlp_expand=model.mlp_expand, causal=facts.causal, dtype=jnp.dtype(model.dtype))
+
+
+def _language_model(model, facts: TaskFacts) -> LanguageModel:
+  if facts.num_classes is not None:
+    raise ValueError(f"model.architecture='lm' predicts tokens, but the task has "
+                     f"{facts.num_classes} classes; use 'classifier'")
+  return LanguageModel(backbone(model, facts), tie_embeddings=model.tie_embeddings)
+
+
+def _classifier(model, facts: TaskFacts) -> Classifier:
+  if facts.num_classes is None:
+    raise ValueError("model.architecture='classifier' needs a classification task "
+                     "(num_classes); use 'lm' for next-token prediction")
+  return Classifier(backbone(model, facts), facts.num_classes, facts.pooling, facts.two_tower)
+
+
+# name -> build(config.model, TaskFacts) -> the module
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "lm": _language_model,          # next-token logits; decodable (prefill, step)
+    "classifier": _classifier,      # pooled class logits (LRA)
+}
+
+
+def get_architecture(name: str) -> Callable[..., nn.Module]:
+  """The builder registered as `name`; a ValueError listing the known ones otherwise."""
+  if name not in ARCHITECTURES:
+    raise ValueError(f"model.architecture={name!r} is unknown; known: "
                      f"{', '.join(sorted(ARCHITECTURES))}")
-  return ARCHITECTURES[architecture](backbone, **kwargs)
+  return ARCHITECTURES[name]
+
+
+def build_model(model, facts: TaskFacts) -> nn.Module:
+  """The architecture `model.architecture` (a key of ARCHITECTURES) built from `model`
+  (config.model) and the task's `facts`."""
+  return get_architecture(model.architecture)(model, facts)

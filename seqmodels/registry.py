@@ -63,8 +63,13 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 
+_BACKBONE_SETS = ("d_model", "causal", "dtype", "param_dtype")
+# the type of an option's default -> the types its values may have
+_KINDS = {bool: bool, int: int, float: (int, float), str: str, tuple: (tuple, list)}
+
+
 def _unknown(kind: str, name, known) -> ValueError:
-  return ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+  return ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(set(known)))}")
 
 
 def register_mixer(name: str, cls: type[nn.Module],
@@ -74,21 +79,42 @@ def register_mixer(name: str, cls: type[nn.Module],
   MIXERS[name] = MixerSpec(cls, defaults)
 
 
+def mixer_options(name: str) -> tuple[str, ...]:
+  """The options a config may set for the mixer `name` (`model.mixer_kwargs.<name>`): the
+  fields of its class but those the backbone sets (d_model, causal, dtypes)."""
+  if name not in MIXERS:
+    raise _unknown("mixer", name, MIXERS)
+  fields = {f.name for f in dataclasses.fields(MIXERS[name].cls)}
+  return tuple(sorted(fields - {"parent", "name", *_BACKBONE_SETS}))
+
+
+def check_mixer_options(name: str, options: Mapping) -> None:
+  """Raises a one-line ValueError for the first option of `options` ({option: value}) that
+  the mixer `name` lacks, or whose value is not of its default's kind (bool, int, float: an
+  int too, str, tuple: a list too)."""
+  known = mixer_options(name)
+  bad = sorted(set(options) - set(known))
+  if bad:
+    raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
+                     f"known: {', '.join(known)}")
+  defaults = {f.name: f.default for f in dataclasses.fields(MIXERS[name].cls)}
+  for option, value in options.items():
+    kinds = _KINDS.get(type(defaults[option]))
+    if kinds and value is not None and not (isinstance(value, kinds) and (
+        isinstance(value, bool) == isinstance(defaults[option], bool))):
+      raise ValueError(f"mixer {name!r}: option {option}={value!r} must be like its default "
+                       f"{defaults[option]!r}")
+
+
 def build_mixer(name: str, d_model: int, *, causal: bool = True,
                 overrides: Mapping | None = None, **module_kwargs) -> nn.Module:
   """The mixer `name` at width `d_model`: registered defaults, then `overrides` (config
-  keys, checked against the class's fields), then `module_kwargs` (dtype, ...)."""
-  if name not in MIXERS:
-    raise _unknown("mixer", name, MIXERS)
-  spec = MIXERS[name]
-  fields = {f.name for f in dataclasses.fields(spec.cls)} - {"parent", "name"}
+  keys, checked against `mixer_options`), then `module_kwargs` (dtype, ...)."""
   overrides = dict(overrides or {})
-  bad = sorted(set(overrides) - fields)
-  if bad:
-    raise ValueError(f"mixer {name!r}: unknown option(s) {', '.join(bad)}; "
-                     f"known: {', '.join(sorted(fields - {'d_model', 'dtype', 'param_dtype'}))}")
+  check_mixer_options(name, overrides)
+  spec = MIXERS[name]
   kwargs = {**spec.defaults(d_model), **overrides, **module_kwargs}
-  if "causal" in fields:
+  if "causal" in {f.name for f in dataclasses.fields(spec.cls)}:
     kwargs["causal"] = causal
   elif not causal:
     raise ValueError(f"mixer {name!r} has no bidirectional form (causal=False)")
@@ -103,7 +129,7 @@ def get_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
     elif pattern in MIXERS:
       names = (pattern,)
     else:
-      raise _unknown("mixer or block pattern", pattern, (*MIXERS, *PATTERNS))
+      raise _unknown("mixer or block pattern", pattern, known_models())
   else:
     names = tuple(pattern)
   for name in names:
@@ -115,5 +141,6 @@ def get_pattern(pattern: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def known_models() -> tuple[str, ...]:
-  """Every name a config's `model` may take: mixers and block patterns."""
-  return tuple(sorted((*MIXERS, *PATTERNS)))
+  """Every name a config's `model` may take: mixers and block patterns, each once ("based"
+  is both)."""
+  return tuple(sorted({*MIXERS, *PATTERNS}))

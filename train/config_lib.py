@@ -8,8 +8,11 @@ eval, logging, checkpoints).
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
+from layers import axes
 from seqmodels import registry
+from seqmodels.models import get_architecture
 from train import sharding
 
 SIZES = {  # size name -> (d_model, n_layers)
@@ -40,26 +43,33 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
   d_model, n_layers = sizes[size]
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(
+      architecture="lm",       # a key of seqmodels.ARCHITECTURES: lm | classifier
       mixer=model,             # a mixer or block pattern name from seqmodels.registry
       d_model=d_model,
       n_layers=n_layers,
       mlp_expand=8 / 3,        # hidden width of the gated MLP, as a multiple of d_model
-      tie_embeddings=True,
+      tie_embeddings=True,     # lm: logits = h E^T with the token embedding E
       dtype="float32",         # compute dtype: float32 | bfloat16 (params stay float32)
-      mixer_kwargs=ml_collections.ConfigDict(),  # {mixer name: {option: value}}
+      # {mixer name: {option: value}}; from the command line as
+      # --config.model.mixer_kwargs.s4d.d_state=32 (train/main.py)
+      mixer_kwargs=ml_collections.ConfigDict(),
   ))
   config.opt = ml_collections.ConfigDict(dict(
-      lr=1e-3,
-      ssm_lr=1e-3,             # state-space dynamics (A, dt): own lr, no weight decay
+      lr=1e-3,                 # the "default" group: weight matrices
       weight_decay=0.1,
+      ssm_lr=1e-3,             # the "ssm" group's lr (state-space dynamics A, dt)
       b1=0.9, b2=0.98, eps=1e-8,
       warmup_steps=50,
       final_lr_ratio=0.1,      # cosine decays to lr * final_lr_ratio
       clip_norm=1.0,
       grad_accum_steps=1,
-      ssm_pattern=r"(log_dt|log_A_real|A_imag|A_log|dt_bias)$",
-      no_decay_pattern=r"(norm|bias|embed|scale|/D$)",  # D: the SSM skip (S4D, Mamba)
   ))
+  # The optimizer groups the parameters declare (layers/axes.py), beside "default": their lr
+  # (None: opt.lr) and weight decay. groups.ssm.lr is opt.ssm_lr (one value, two names).
+  config.opt.groups = ml_collections.ConfigDict({
+      axes.NO_DECAY: dict(lr=placeholder(float), weight_decay=0.0),  # norms, biases, embeddings
+      axes.SSM: dict(lr=config.opt.get_ref("ssm_lr"), weight_decay=0.0),
+  })
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                 # data parallel; -1: all devices not used by the other axes
       fsdp=1,                  # parameters sharded as `rules` say (the model width)
@@ -94,6 +104,7 @@ def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collec
   used = registry.get_pattern(options["model"])
   config.model.mixer_kwargs = ml_collections.ConfigDict(
       {name: kwargs for name, kwargs in h["mixer_kwargs"].items() if name in used})
+  config.model.architecture = "classifier"
   config.task = ml_collections.ConfigDict({"pooling": "mean", "seed": 0, **task})
   config.opt.update(lr=h["lr"], ssm_lr=h["ssm_lr"], weight_decay=h["weight_decay"],
                     warmup_steps=max(1, h["steps"] // 100), final_lr_ratio=0.0)
@@ -109,6 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if model.mixer not in registry.known_models():
     raise ValueError(f"model.mixer={model.mixer!r} is unknown; known: "
                      f"{', '.join(registry.known_models())}")
+  get_architecture(model.architecture)
   if model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={model.dtype!r}: expected one of {', '.join(DTYPES)}")
   names = registry.get_pattern(model.mixer)
@@ -126,5 +138,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, value in positive.items():
     if not value > 0:
       raise ValueError(f"{key}={value}: expected a positive number")
+  _validate_groups(opt)
   if not 0 <= opt.final_lr_ratio <= 1:
     raise ValueError(f"opt.final_lr_ratio={opt.final_lr_ratio}: expected a number in [0, 1]")
+
+
+def _validate_groups(opt) -> None:
+  """opt.groups names every declared group but "default", each with a positive lr (or None)
+  and a weight decay >= 0."""
+  declared = set(axes.GROUPS) - {axes.DEFAULT}
+  if set(opt.groups) != declared:
+    raise ValueError(f"opt.groups has {', '.join(sorted(opt.groups))}; expected the groups "
+                     f"the parameters declare (layers/axes.py): {', '.join(sorted(declared))}")
+  for group, hyper in opt.groups.items():
+    if hyper.lr is not None and not hyper.lr > 0:
+      raise ValueError(f"opt.groups.{group}.lr={hyper.lr}: expected a positive number (or "
+                       "None: opt.lr)")
+    if not hyper.weight_decay >= 0:
+      raise ValueError(f"opt.groups.{group}.weight_decay={hyper.weight_decay}: expected a "
+                       "number >= 0")

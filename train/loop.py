@@ -1,22 +1,33 @@
 """The one training loop: `train_and_evaluate(config, workdir)` trains any registered model on
 any task, resumes exactly from the latest checkpoint in `workdir`, evaluates periodically and
-logs metrics (JSONL + TensorBoard) with a tqdm progress bar."""
+logs metrics (JSONL + TensorBoard) with a tqdm progress bar.
+
+Start-up (`build`, `place`, `restore_or_init`) traces `model.init` once for shapes: the boxed
+abstract parameters give the logical axis names (sharding), the optimizer groups and the
+abstract train state. The loop calls the model, `model(inputs, segment_ids) -> logits`; the
+task turns logits into loss and metrics.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
-from seqmodels import Backbone, build_model
+from layers import axes
+from seqmodels import build_model
 from train import checkpoint, config_lib, optim, sharding
 from train.metrics import MetricsWriter
-from train.tasks import build_task
+from train.tasks import Task, build_task
 
 
 @flax.struct.dataclass
@@ -27,143 +38,224 @@ class TrainState:
   rng: jax.Array  # raw key data (uint32), so checkpoints hold plain arrays
 
 
-def build(config):
-  """(task, model, optimizer, lr schedule) from a validated config."""
-  task = build_task(config.task)
-  m = config.model
-  backbone = Backbone(d_model=m.d_model, n_layers=m.n_layers, pattern=m.mixer,
-                      vocab_size=task.vocab_size, mixer_kwargs=m.mixer_kwargs.to_dict(),
-                      mlp_expand=m.mlp_expand, causal=task.causal, dtype=jnp.dtype(m.dtype))
-  model_kwargs = {"tie_embeddings": m.tie_embeddings} if task.architecture == "lm" else {}
-  model = build_model(task.architecture, backbone, **model_kwargs, **task.model_kwargs())
-  tx, lr_schedule = optim.make_optimizer(config.opt, config.run.steps)
-  return task, model, tx, lr_schedule
-
-
-def make_init(model, tx, inputs):
-  """rng -> the initial TrainState of `model` (parameters shaped by example `inputs`)."""
-  def init(rng):
-    params_rng, rng = jax.random.split(rng)
-    params = nn.unbox(model.init(params_rng, inputs, None)["params"])
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                      jax.random.key_data(rng))
-  return init
-
-
 class NonFiniteError(FloatingPointError):
   """The loss or the gradients became NaN/inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A run's model and optimizer, and its train state from shapes alone.
+
+  boxed: the parameters as `jax.eval_shape(model.init)` gives them, boxed with their logical
+  axis names and optimizer groups (layers/axes.py). init: rng -> the initial TrainState.
+  """
+  model: nn.Module
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  boxed: Any
+  abstract_state: TrainState
+  init: Callable[[jax.Array], TrainState]
+
+
+def _new_state(params, tx, rng) -> TrainState:
+  """Step 0 of `params`: fresh optimizer state, `rng` for what follows."""
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(rng))
+
+
+def build(config, task: Task, inputs) -> Setup:
+  """The Setup of a validated config for `task`; `inputs` (an array or ShapeDtypeStruct)
+  gives the shape and dtype of a batch of model inputs ([B, T] tokens, [B, 2, T] two-tower)."""
+  model = build_model(config.model, task.model_facts())
+
+  def init_params(rng):
+    return model.init(rng, jnp.zeros(inputs.shape, inputs.dtype))["params"]
+
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  tx, lr_schedule = optim.make_optimizer(config.opt, config.run.steps, axes.groups(boxed))
+
+  def init(rng):
+    params_rng, rng = jax.random.split(rng)
+    return _new_state(nn.unbox(init_params(params_rng)), tx, rng)
+
+  abstract_state = jax.eval_shape(lambda params, rng: _new_state(params, tx, rng),
+                                  nn.unbox(boxed), jax.random.key(0))
+  return Setup(model, tx, lr_schedule, boxed, abstract_state, init)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where the train state and the batches live on the device mesh."""
+  state: TrainState  # of NamedShardings
+  batch: NamedSharding
+  replicated: NamedSharding
+
+  def put(self, batch: dict) -> dict:
+    """A host batch (numpy, whole on every process) as global arrays."""
+    return sharding.global_batch(batch, self.batch)
+
+
+def place(config, setup: Setup) -> Placement:
+  """Shardings on the mesh of config.mesh: parameters by their logical names and the rules,
+  optimizer moments as their parameter, the batch over the batch axes."""
+  mesh, rules = sharding.make_mesh(config.mesh), config.mesh.rules
+  batch = sharding.batch_sharding(mesh, rules)
+  shards = sharding.mesh_size(mesh, batch.spec[0])
+  if config.run.batch_size % shards:
+    raise ValueError(f"run.batch_size={config.run.batch_size} must be divisible by the "
+                     f"{shards} devices of the batch axes {batch.spec[0]}")
+  state = sharding.state_shardings(setup.abstract_state, nn.get_partition_spec(setup.boxed),
+                                   mesh, rules)
+  return Placement(state, batch, sharding.replicated(mesh))
+
+
+def restore_or_init(setup: Setup, placement: Placement, ckpt: checkpoint.Checkpointer,
+                    data_iter, seed: int) -> TrainState:
+  """The latest checkpoint's state (and data position, set on `data_iter`), or a fresh one
+  initialised in place on the mesh."""
+  restored = ckpt.restore(checkpoint.abstract(setup.abstract_state, placement.state))
+  if restored is None:
+    return jax.jit(setup.init, out_shardings=placement.state)(jax.random.key(seed))
+  state, data_state = restored
+  data_iter.set_state(data_state)
+  return state
+
+
+def make_steps(task: Task, setup: Setup, placement: Placement):
+  """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> metrics),
+  jitted with the state's shardings; train_step donates the state."""
+  model, tx = setup.model, setup.tx
+
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"))
+    return task.loss_and_metrics(logits, batch)
+
+  def train_step(state, batch):
+    rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+               "lr": setup.lr_schedule(state.step)}
+    return TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng)), metrics
+
+  train_step = jax.jit(train_step, in_shardings=(placement.state, placement.batch),
+                       out_shardings=(placement.state, placement.replicated), donate_argnums=0)
+  eval_step = jax.jit(lambda params, batch: loss_fn(params, batch)[1],
+                      in_shardings=(placement.state.params, placement.batch),
+                      out_shardings=placement.replicated)
+  return train_step, eval_step
+
+
+def evaluate(eval_step, params, eval_data, placement: Placement) -> dict:
+  """Mean of eval_step's metrics over the batches of `eval_data`, as eval_<name>."""
+  totals = None
+  for j in range(len(eval_data)):
+    m = eval_step(params, placement.put(eval_data[j]))
+    totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+  return {f"eval_{k}": float(v) / len(eval_data) for k, v in sharding.to_host(totals).items()}
+
+
+class Progress:
+  """Metrics to the writer and the tqdm bar (on the chief process), with tokens per second
+  over each logging interval."""
+
+  def __init__(self, workdir: str, run, start: int, tokens_per_step: int, enabled: bool):
+    self.run, self.start, self.tokens_per_step = run, start, tokens_per_step
+    self.writer = MetricsWriter(workdir, start, enabled=enabled)
+    self.bar = tqdm(total=run.steps, initial=start, disable=not (run.progress and enabled),
+                    desc="train", dynamic_ncols=True)
+    self.enabled, self.last_time = enabled, time.perf_counter()
+
+  def note(self, text: str) -> None:
+    if self.enabled:
+      self.bar.write(text)
+
+  def train(self, step: int, metrics: dict) -> None:
+    """Logs a step's host metrics at every run.log_every steps and the last."""
+    self.bar.update(1)
+    if step % self.run.log_every and step != self.run.steps:
+      return
+    now = time.perf_counter()
+    metrics["tokens_per_s"] = self.tokens_per_step * min(self.run.log_every,
+                                                         step - self.start) / (now - self.last_time)
+    self.last_time = now
+    self.writer.write(step, metrics)
+    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
+                         tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+  def eval(self, step: int, metrics: dict) -> None:
+    self.writer.write(step, metrics)
+    self.note(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+  def close(self) -> None:
+    self.bar.close()
+    self.writer.close()
+
+
+def read_back(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> dict:
+  """A dispatched step's metrics on the host; NonFiniteError on NaN/inf loss or gradients."""
+  metrics = sharding.to_host(metrics)
+  if not all(map(jnp.isfinite, (metrics["loss"], metrics["grad_norm"]))):
+    raise NonFiniteError(f"non-finite loss or gradients at step {step} "
+                         f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
+                         f"the last good checkpoint is step {ckpt.latest_step()}")
+  return metrics
+
+
+def run_loop(run, state: TrainState, *, train_step, data_iter, put, evaluate_params,
+             ckpt: checkpoint.Checkpointer, progress: Progress) -> dict:
+  """Steps from state.step to run.steps on the host batches of `data_iter` (put on the mesh
+  by `put`): checkpoints (with the data position) at run.checkpoint_every, evaluates at
+  run.eval_every and at the end; step n-1's metrics are read while step n runs. Returns the
+  last eval metrics."""
+  pending, eval_metrics = None, {}
+  for step in range(int(state.step) + 1, run.steps + 1):
+    state, metrics = train_step(state, put(next(data_iter)))
+    if pending is not None:
+      progress.train(pending[0], read_back(*pending, ckpt))
+    pending = (step, metrics)
+    if step % run.checkpoint_every and step % run.eval_every and step != run.steps:
+      continue
+    progress.train(step, read_back(*pending, ckpt))
+    pending = None
+    ckpt.save(step, state, data_iter.get_state(), force=step == run.steps)
+    if step % run.eval_every == 0 or step == run.steps:
+      eval_metrics = evaluate_params(state.params)
+      progress.eval(step, eval_metrics)
+  return eval_metrics or evaluate_params(state.params)  # resumed at the end: evaluate
+
+
+def _write_config(config, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains for config.run.steps steps (resuming from `workdir` if it holds a checkpoint) and
   returns the final eval metrics. Writes config.json, metrics.jsonl, tb/, checkpoints/."""
   config_lib.validate(config)
-  task, model, tx, lr_schedule = build(config)
   run = config.run
-  is_chief = jax.process_index() == 0  # the process that writes logs
-  os.makedirs(workdir, exist_ok=True)
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-
+  _write_config(config, workdir)
+  task = build_task(config.task)
   train_data = task.dataset("train", run.batch_size)
   eval_data = task.dataset("eval", run.batch_size, run.eval_batches * run.batch_size)
-  example = jax.tree.map(jnp.asarray, eval_data[0])
-
-  init = make_init(model, tx, example["inputs"])
-  mesh, rules = sharding.make_mesh(config.mesh), config.mesh.rules
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  batch_shards = sharding.mesh_size(mesh, batch_sharding.spec[0])
-  if run.batch_size % batch_shards:
-    raise ValueError(f"run.batch_size={run.batch_size} must be divisible by the {batch_shards} "
-                     f"devices of the batch axes {batch_sharding.spec[0]}")
-  abstract_state = jax.eval_shape(init, jax.random.key(run.seed))
-  state_shardings = sharding.state_shardings(
-      abstract_state, sharding.param_names(model, example["inputs"]), mesh, rules)
-  replicated = sharding.replicated(mesh)
-  to_device = lambda batch: sharding.global_batch(batch, batch_sharding)
-
+  example = eval_data[0]["inputs"]
+  setup = build(config, task, example)
+  placement = place(config, setup)
   ckpt = checkpoint.Checkpointer(workdir, run.checkpoint_every, run.keep_checkpoints)
   data_iter = iter(train_data.to_iter_dataset())
-  restored = ckpt.restore(checkpoint.abstract(abstract_state, state_shardings))
-  if restored is None:
-    state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(run.seed))
-  else:
-    state, data_state = restored
-    data_iter.set_state(data_state)
-  start = int(state.step)
-
-  def loss_fn(params, batch, rng):
-    return task.loss_and_metrics(task.logits(model, params, batch), batch)
-
-  eval_step = jax.jit(lambda params, batch: loss_fn(params, batch, None)[1],
-                      in_shardings=(state_shardings.params, batch_sharding),
-                      out_shardings=replicated)
-
-  def train_step(state, batch):
-    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
-    return TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng)), metrics
-  train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, replicated), donate_argnums=0)
-
-  def evaluate(params):
-    totals = None
-    for j in range(run.eval_batches):
-      m = eval_step(params, to_device(eval_data[j]))
-      totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-    return {f"eval_{k}": float(v) / run.eval_batches
-            for k, v in sharding.to_host(totals).items()}
-
-  writer = MetricsWriter(workdir, start, enabled=is_chief)
-  tokens_per_step = example["inputs"].size  # [B, T], or [B, 2, T] for two towers
-  bar = tqdm(total=run.steps, initial=start, disable=not (run.progress and is_chief), desc="train",
-             dynamic_ncols=True)
-  pending, last_time, eval_metrics = None, time.perf_counter(), {}
-
-  def finish(pending):
-    """Reads back the metrics of a dispatched step, stops on NaN/inf, logs them."""
-    nonlocal last_time
-    step, metrics = pending
-    metrics = sharding.to_host(metrics)
-    if not all(map(jnp.isfinite, (metrics["loss"], metrics["grad_norm"]))):
-      raise NonFiniteError(f"non-finite loss or gradients at step {step} "
-                           f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
-                           f"the last good checkpoint is step {ckpt.latest_step()}")
-    if step % run.log_every == 0 or step == run.steps:
-      now = time.perf_counter()
-      metrics["tokens_per_s"] = tokens_per_step * min(run.log_every, step - start) / (
-          now - last_time)
-      last_time = now
-      writer.write(step, metrics)
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
-                      tok_s=f"{metrics['tokens_per_s']:.0f}")
-
+  state = restore_or_init(setup, placement, ckpt, data_iter, run.seed)
+  train_step, eval_step = make_steps(task, setup, placement)
+  progress = Progress(workdir, run, int(state.step), example.size,
+                      enabled=jax.process_index() == 0)
+  progress.note("parameters: " + ", ".join(
+      f"{group} {n:,}" for group, n in optim.group_sizes(setup.boxed).items()))
   try:
-    for step in range(start + 1, run.steps + 1):
-      batch = to_device(next(data_iter))
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        finish(pending)  # step - 1's metrics, read while this step runs
-      pending = (step, metrics)
-      bar.update(1)
-      if step % run.checkpoint_every == 0 or step % run.eval_every == 0 or step == run.steps:
-        finish(pending)
-        pending = None
-        ckpt.save(step, state, data_iter.get_state(), force=step == run.steps)
-        if step % run.eval_every == 0 or step == run.steps:
-          eval_metrics = evaluate(state.params)
-          writer.write(step, eval_metrics)
-          if is_chief:
-            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in
-                                                   eval_metrics.items()))
+    return run_loop(run, state, train_step=train_step, data_iter=data_iter, put=placement.put,
+                    evaluate_params=lambda p: evaluate(eval_step, p, eval_data, placement),
+                    ckpt=ckpt, progress=progress)
   finally:
-    bar.close()
+    progress.close()
     ckpt.close()
-    writer.close()
-  if not eval_metrics:  # resumed at the end: evaluate the restored state
-    eval_metrics = evaluate(state.params)
-  return eval_metrics

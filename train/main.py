@@ -1,13 +1,18 @@
 """Command line of the training loop: parses flags, calls `train_and_evaluate`.
 
-  python -m train --config configs/synthetic/mqar.py:model=attention --workdir runs/mqar \
-      [--config.opt.lr=3e-4 ...]
+  seqmodels-train --config configs/synthetic/mqar.py:model=s4d --workdir runs/mqar
+      [--config.opt.lr=3e-4 ...] [--config.model.mixer_kwargs.s4d.d_state=32 ...]
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
-A bad config (unknown override key, unknown model, invalid value) stops the run before any
-compilation with one line naming the key and what it accepts.
+(`python -m train` is the same command.) `--config.KEY=VALUE` overrides a key of the config;
+`--config.model.mixer_kwargs.MIXER.OPTION=VALUE` sets an option of one mixer of the model
+(VALUE a Python literal, else a string; OPTION among the mixer's fields). A bad config
+(unknown key or option, unknown model, invalid value) stops the run before any compilation
+with one line naming the key and what it accepts.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import sys
@@ -17,10 +22,13 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from seqmodels import registry
 from train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/...).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Run config: path/to/config.py[:arg], e.g. "
+    "configs/synthetic/mqar.py:model=s4d,size=small; override keys with --config.KEY=VALUE.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for a multi-process run.")
@@ -56,6 +64,58 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
       node = node[part]
 
 
+MIXER_OPTION = "--config.model.mixer_kwargs."
+HELP = ("-h", "-?", "--help", "--helpshort")
+
+
+def split_mixer_options(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+  """(argv without them, [(mixer, option, value)]) of the --config.model.mixer_kwargs.*
+  arguments: ml_collections refuses keys the config lacks, so these are set after parsing."""
+  rest, options = [], []
+  for arg in argv:
+    if not arg.startswith(MIXER_OPTION):
+      rest.append(arg)
+      continue
+    key, sep, value = arg[len(MIXER_OPTION):].partition("=")
+    mixer, dot, option = key.partition(".")
+    if not (sep and dot and option and "." not in option):
+      raise ValueError(f"{arg!r}: expected {MIXER_OPTION}MIXER.OPTION=VALUE")
+    options.append((mixer, option, value))
+  return rest, options
+
+
+def _literal(value: str):
+  """A Python literal (32, 1e-3, True, (1.0, 16.0)) or else the string itself."""
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def set_mixer_options(config: ml_collections.ConfigDict,
+                      options: list[tuple[str, str, str]]) -> None:
+  """config.model.mixer_kwargs[mixer][option] = value for each (mixer, option, value), each
+  checked against the mixers of the model's pattern and that mixer's options."""
+  used = registry.get_pattern(config.model.mixer) if options else ()
+  for mixer, option, value in options:
+    where = f"{MIXER_OPTION}{mixer}.{option}"
+    if mixer not in used:
+      raise ValueError(f"{where}: the model {config.model.mixer!r} uses only "
+                       f"{', '.join(dict.fromkeys(used))}")
+    try:
+      registry.check_mixer_options(mixer, {option: _literal(value)})
+      with config.unlocked():
+        kwargs = config.model.mixer_kwargs
+        kwargs[mixer] = {**kwargs.get(mixer, {}), option: _literal(value)}
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{where}: {e}") from None
+
+
+def usage() -> str:
+  """The --help text: this module's docstring and its flags."""
+  return f"{__doc__}\n{flags.FLAGS.module_help(sys.modules[__name__])}"
+
+
 def initialize_distributed(coordinator_address: str, num_processes: int,
                            process_id: int) -> None:
   """Joins a multi-process run (one process per host); on CPU the collectives go through
@@ -80,16 +140,22 @@ def _config_spec(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  spec = _config_spec(argv)
-  if spec is not None:
-    try:
-      check_overrides(load_config_file(spec), argv)
-    except ValueError as e:
-      sys.exit(f"error: {e}")
+  """absl's parse, plus: --help prints `usage()` and exits 0 (absl's exits 1), mixer options
+  are set after the config is loaded, and every error is one line."""
+  if any(arg in HELP for arg in argv[1:]):
+    print(usage())
+    sys.exit(0)
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
+    argv, mixer_options = split_mixer_options(argv)
+    sys.argv = argv  # config_flags reads its --config.* overrides from sys.argv
+    spec = _config_spec(argv)
+    if spec is not None:
+      check_overrides(load_config_file(spec), argv)
+    rest = flags.FLAGS(argv)
+    set_mixer_options(_CONFIG.value, mixer_options)
+  except (ValueError, flags.Error) as e:
     sys.exit(f"error: {e}")
+  return rest
 
 
 def _main(argv):

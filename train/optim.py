@@ -1,29 +1,17 @@
-"""The optimizer: AdamW with linear warmup + cosine decay, parameter groups by name, global
-norm clipping and optional gradient accumulation (all optax)."""
-from __future__ import annotations
+"""The optimizer: AdamW with linear warmup + cosine decay per parameter group, global norm
+clipping and optional gradient accumulation (all optax).
 
-import re
+The groups are declared by the parameters themselves (layers/axes.py: `axes.GROUPS`), so a
+new layer cannot silently get weight decay on its dynamics; `config.opt` gives each group its
+learning rate and weight decay.
+"""
+from __future__ import annotations
 
 import jax
 import optax
-from flax import traverse_util
+from flax import linen as nn
 
-# Group of a parameter: the first group whose pattern matches its "/"-joined path.
-#   ssm:      state-space dynamics (S4D's A and dt, Mamba's A_log and dt bias): own lr, no decay
-#   no_decay: norms, biases and embeddings: no weight decay
-GROUPS = ("ssm", "no_decay", "default")
-
-
-def param_labels(params, ssm_pattern: str, no_decay_pattern: str):
-  """The group name of every leaf of `params` (same tree structure)."""
-  flat = traverse_util.flatten_dict(params, sep="/")
-  def label(path):
-    if re.search(ssm_pattern, path):
-      return "ssm"
-    if re.search(no_decay_pattern, path):
-      return "no_decay"
-    return "default"
-  return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep="/")
+from layers import axes
 
 
 def schedule(opt, total_steps: int, peak: float) -> optax.Schedule:
@@ -34,19 +22,28 @@ def schedule(opt, total_steps: int, peak: float) -> optax.Schedule:
       end_value=peak * opt.final_lr_ratio)
 
 
-def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def group_settings(opt) -> dict[str, tuple[float, float]]:
+  """{group: (peak lr, weight decay)}: `default` from opt.lr and opt.weight_decay, every
+  other group from opt.groups.<group> (lr None: opt.lr)."""
+  settings = {axes.DEFAULT: (opt.lr, opt.weight_decay)}
+  for group, hyper in opt.groups.items():
+    settings[group] = (opt.lr if hyper.lr is None else hyper.lr, hyper.weight_decay)
+  return settings
+
+
+def make_optimizer(opt, total_steps: int,
+                   labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, the main learning-rate schedule for logging) from the `opt` config.
 
-  opt: lr, ssm_lr, weight_decay, b1, b2, eps, warmup_steps, final_lr_ratio, clip_norm,
-  grad_accum_steps, ssm_pattern, no_decay_pattern.
+  opt: lr, weight_decay, groups ({group: {lr, weight_decay}}; ssm_lr is groups.ssm.lr), b1,
+  b2, eps, warmup_steps, final_lr_ratio, clip_norm, grad_accum_steps.
+  labels: the group of every parameter (`axes.groups` of the boxed parameters), a tree of
+  the parameters' structure.
   """
-  def adamw(lr, weight_decay):
-    return optax.adamw(schedule(opt, total_steps, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                       weight_decay=weight_decay)
-
-  transforms = {"default": adamw(opt.lr, opt.weight_decay), "no_decay": adamw(opt.lr, 0.0),
-                "ssm": adamw(opt.ssm_lr, 0.0)}
-  labels = lambda params: param_labels(params, opt.ssm_pattern, opt.no_decay_pattern)
+  transforms = {
+      group: optax.adamw(schedule(opt, total_steps, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                         weight_decay=weight_decay)
+      for group, (lr, weight_decay) in group_settings(opt).items()}
   tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm),
                    optax.multi_transform(transforms, labels))
   if opt.grad_accum_steps > 1:
@@ -54,10 +51,11 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
   return tx, schedule(opt, total_steps, opt.lr)
 
 
-def group_sizes(params, opt) -> dict[str, int]:
-  """Number of parameters in each group (for the run log)."""
-  labels = jax.tree.leaves(param_labels(params, opt.ssm_pattern, opt.no_decay_pattern))
-  sizes = dict.fromkeys(GROUPS, 0)
-  for label, leaf in zip(labels, jax.tree.leaves(params)):
-    sizes[label] += leaf.size
+def group_sizes(boxed) -> dict[str, int]:
+  """Number of parameters in each group of `axes.GROUPS`, from the boxed parameters (or
+  their `jax.eval_shape`), for the run log."""
+  sizes = dict.fromkeys(axes.GROUPS, 0)
+  for group, leaf in zip(jax.tree.leaves(axes.groups(boxed)),
+                         jax.tree.leaves(nn.unbox(boxed))):
+    sizes[group] += leaf.size
   return sizes

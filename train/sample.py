@@ -18,7 +18,8 @@ import ml_collections
 
 from seqmodels import Sampler, generate
 from train import checkpoint
-from train.loop import build, make_init
+from train.loop import build
+from train.tasks import build_task
 
 
 def load(workdir: str):
@@ -28,18 +29,16 @@ def load(workdir: str):
     raise FileNotFoundError(f"no config.json in {workdir!r}: not a training workdir")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  _, model, tx, _ = build(config)
-  init = make_init(model, tx, jnp.zeros((1, 8), jnp.int32))
-  abstract_state = jax.eval_shape(init, jax.random.key(0))
+  setup = build(config, build_task(config.task), jax.ShapeDtypeStruct((1, 8), jnp.int32))
   on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=config.run.keep_checkpoints)
   restored = ckpt.restore(checkpoint.abstract(
-      abstract_state, jax.tree.map(lambda _: on_one_device, abstract_state)))
+      setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir!r}/checkpoints")
   state, _ = restored
-  return config, model, state.params, int(state.step)
+  return config, setup.model, state.params, int(state.step)
 
 
 def main():

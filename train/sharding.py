@@ -93,15 +93,9 @@ def _axis_names(mesh_axes) -> tuple:
   return tuple(mesh_axes) if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
 
 
-def param_names(model, inputs):
-  """The logical axis names of each parameter of `model` (a tree of PartitionSpecs of names),
-  from shapes alone."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs, None))
-  return nn.get_partition_spec(boxed)["params"]
-
-
 def state_shardings(abstract_state, names, mesh, rules):
-  """NamedShardings of the (abstract) train state: parameters by their logical `names`, the
+  """NamedShardings of the (abstract) train state: parameters by their logical `names` (a
+  tree of PartitionSpecs of names, `nn.get_partition_spec` of the boxed parameters), the
   optimizer's per-parameter leaves (moments, accumulated gradients) as their parameter,
   everything else replicated."""
   params = jax.tree.map(lambda x, n: NamedSharding(mesh, mesh_spec(n, x.shape, mesh, rules)),

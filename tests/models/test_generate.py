@@ -29,7 +29,7 @@ def test_greedy_equals_argmax_of_full_forwards(pattern):
   variables = harness.init_variables(model, jax.random.key(0), prompt)
   out = generate(model, variables, prompt, N, jax.random.key(1), prompt_mask=mask)
   assert out.shape == (2, N) and out.dtype == prompt.dtype
-  forward = jax.jit(lambda tokens: model.apply(variables, tokens)[0][0, -1])
+  forward = jax.jit(lambda tokens: model.apply(variables, tokens)[0, -1])
   for row in range(2):
     tokens = list(np.asarray(prompt[row])[np.asarray(mask[row])])
     for _ in range(N):

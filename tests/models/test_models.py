@@ -2,10 +2,12 @@
 forward, causality, packing, pooling, and clear errors."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from seqmodels import Backbone, Classifier, LanguageModel, build_model, registry
+from seqmodels import ARCHITECTURES, Backbone, Classifier, LanguageModel, TaskFacts, build_model
+from seqmodels import registry
 from tests import harness
 
 B, T, D, VOCAB = 2, 11, 16, 13
@@ -48,11 +50,12 @@ def test_steps_and_prefill_equal_whole_sequence(pattern):
 
   @jax.jit
   def run(variables, tokens):
-    whole, _ = model.apply(variables, tokens)
+    whole = model.apply(variables, tokens)
     stepped, _ = _decode(model, variables, tokens,
                          model.apply(variables, B, T, method="init_state"))
     prefix, state = model.apply(variables, tokens[:, :k],
-                                model.apply(variables, B, T, method="init_state"))
+                                model.apply(variables, B, T, method="init_state"),
+                                method="prefill")
     rest, _ = _decode(model, variables, tokens[:, k:], state)
     return whole, stepped, jnp.concatenate([prefix, rest], axis=1)
 
@@ -82,7 +85,7 @@ def test_packed_backbone_equals_segments_alone(pattern):
   tokens = _tokens(3)
   segment_ids = harness.packed_segment_ids(B, T, seed=1)
   variables = harness.init_variables(model, jax.random.key(0), tokens)
-  apply = jax.jit(lambda tokens, ids: model.apply(variables, tokens, None, ids)[0])
+  apply = jax.jit(lambda tokens, ids: model.apply(variables, tokens, ids))
   packed = apply(tokens, segment_ids)
   for b in range(B):
     for start, end in harness.segment_bounds(segment_ids[b]):
@@ -106,7 +109,7 @@ def test_untied_head_and_parameter_shapes():
 def test_classifier_pools_over_real_tokens(pooling, pattern):
   backbone = Backbone(d_model=D, n_layers=1, pattern=pattern, vocab_size=VOCAB, causal=False,
                       mixer_kwargs={n: SMALL[n] for n in [pattern] if n in SMALL}, **F64)
-  model = build_model("classifier", backbone, num_classes=3, pooling=pooling)
+  model = Classifier(backbone, num_classes=3, pooling=pooling)
   tokens = _tokens(4)
   segment_ids = jnp.array([[1] * 8 + [0] * 3, [1] * T])  # row 0 right-padded
   variables = harness.init_variables(model, jax.random.key(0), tokens, segment_ids)
@@ -129,6 +132,44 @@ def test_bidirectional_backbone_sees_the_future():
   assert float(jnp.abs(jac[0, 0, :, 0, 4]).sum()) > 0
 
 
+def _model_config(architecture, mixer="s4d", **kw):
+  """A config.model as train/config_lib.py makes it."""
+  return ml_collections.ConfigDict(dict(
+      architecture=architecture, mixer=mixer, d_model=D, n_layers=1, mlp_expand=2.0,
+      tie_embeddings=True, dtype="float64", mixer_kwargs={"s4d": {"d_state": 4}}, **kw))
+
+
+@pytest.mark.parametrize("architecture, facts, inputs, logits_shape", [
+    ("lm", TaskFacts(vocab_size=VOCAB), jnp.zeros((B, T), jnp.int32), (B, T, VOCAB)),
+    ("classifier", TaskFacts(vocab_size=VOCAB, causal=False, num_classes=3),
+     jnp.zeros((B, T), jnp.int32), (B, 3)),
+    ("classifier", TaskFacts(input_dim=5, causal=False, num_classes=4, pooling="last",
+                             two_tower=True), jnp.zeros((B, 2, T, 5)), (B, 4)),
+])
+def test_every_architecture_builds_from_config_and_task_facts_and_trains_by_one_call(
+    architecture, facts, inputs, logits_shape):
+  assert set(ARCHITECTURES) == {"lm", "classifier"}
+  model = build_model(_model_config(architecture), facts)
+  segment_ids = jnp.ones(inputs.shape[:3 if facts.two_tower else 2], jnp.int32)
+  variables = harness.init_variables(model, jax.random.key(0), inputs)  # segment_ids: None
+  logits = model.apply(variables, inputs, segment_ids)
+  assert logits.shape == logits_shape
+  backbone = model.backbone
+  assert (backbone.causal, backbone.vocab_size, backbone.input_dim) == (
+      facts.causal, facts.vocab_size, facts.input_dim)
+  assert backbone.mixer_kwargs == {"s4d": {"d_state": 4}}
+  if architecture == "classifier":
+    assert (model.num_classes, model.pooling, model.two_tower) == (
+        facts.num_classes, facts.pooling, facts.two_tower)
+
+
+def test_tie_embeddings_comes_from_the_config():
+  config = _model_config("lm")
+  assert build_model(config, TaskFacts(vocab_size=VOCAB)).tie_embeddings
+  config.tie_embeddings = False
+  assert not build_model(config, TaskFacts(vocab_size=VOCAB)).tie_embeddings
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: registry.build_mixer("lstm", D), r"unknown mixer 'lstm'; known: attention, "),
     (lambda: registry.get_pattern("transformer++"), r"unknown mixer or block pattern"),
@@ -137,8 +178,12 @@ def test_bidirectional_backbone_sees_the_future():
      r"mixer 's4d': unknown option\(s\) d_stat; known: .*d_state"),
     (lambda: registry.build_mixer("mingru", D, causal=False),
      r"mixer 'mingru' has no bidirectional form"),
-    (lambda: build_model("seq2seq", Backbone(d_model=D, n_layers=1, vocab_size=VOCAB)),
-     r"unknown architecture 'seq2seq'; known: classifier, lm"),
+    (lambda: build_model(_model_config("seq2seq"), TaskFacts(vocab_size=VOCAB)),
+     r"model.architecture='seq2seq' is unknown; known: classifier, lm"),
+    (lambda: build_model(_model_config("lm"), TaskFacts(vocab_size=VOCAB, num_classes=2)),
+     r"architecture='lm' predicts tokens, but the task has 2 classes; use 'classifier'"),
+    (lambda: build_model(_model_config("classifier"), TaskFacts(vocab_size=VOCAB)),
+     r"architecture='classifier' needs a classification task"),
 ])
 def test_registry_errors_list_known_names(make, message):
   with pytest.raises(ValueError, match=message):

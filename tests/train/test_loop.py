@@ -12,10 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import config_lib, optim
-from train.loop import NonFiniteError, train_and_evaluate
+from train.loop import NonFiniteError, build, train_and_evaluate
 from train.metrics import read_metrics
-from train.tasks import TASKS, MQAR
+from train.tasks import MQAR, TASKS, build_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MQAR_CONFIG = os.path.join(ROOT, "configs", "synthetic", "mqar.py")
@@ -43,6 +42,21 @@ def test_attention_learns_mqar_and_a_model_without_mixing_cannot(tmp_path):
              if "loss" in r)
   assert os.path.exists(tmp_path / "attention" / "config.json")
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "attention" / "tb"))
+
+
+@pytest.mark.parametrize("model", ["attention", "s4d", "mamba2"])
+def test_a_fresh_tied_lm_starts_near_log_vocab(model):
+  """The tied logits h E^T start small (seqmodels.backbone.EMBED_STD): the first loss is
+  near log V, not tens of nats."""
+  config = _mqar_config(model)
+  assert config.model.tie_embeddings
+  task = build_task(config.task)
+  batch = jax.tree.map(jnp.asarray, task.dataset("eval", 32, 32)[0])
+  setup = build(config, task, batch["inputs"])
+  loss = jax.jit(lambda rng: task.loss_and_metrics(setup.model.apply(
+      {"params": setup.init(rng).params}, batch["inputs"]), batch)[0])
+  for seed in range(3):
+    assert abs(float(loss(jax.random.key(seed))) - np.log(task.vocab_size)) < 0.5, seed
 
 
 def _train_command(workdir, steps):
@@ -112,6 +126,10 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     (["--config.model.mixer=lstm"], "error: model.mixer='lstm' is unknown; known: attention"),
     (["--config.run.steps=-5"], "error: run.steps=-5: expected a positive number"),
     (["--config.model.dtype=float16"], "error: model.dtype='float16': expected one of float32"),
+    (["--config.model.architecture=seq2seq"],
+     "error: model.architecture='seq2seq' is unknown; known: classifier, lm"),
+    (["--config.opt.groups.ssm.weight_decay=-1"],
+     "error: opt.groups.ssm.weight_decay=-1.0: expected a number >= 0"),
     (["--config.mesh.rules=(('embedd', 'fsdp'),)"],
      "error: mesh.rules: ('embedd', 'fsdp') must be (logical axis, mesh axes)"),
 ])
@@ -123,41 +141,6 @@ def test_config_errors_are_one_line(tmp_path, args, message):
   lines = result.stderr.strip().splitlines()
   assert lines == [lines[0]] and lines[0].startswith(message), result.stderr
   assert not (tmp_path / "checkpoints").exists()
-
-
-def test_optimizer_groups_and_schedule():
-  opt = config_lib.base_config("s4d", "tiny").opt
-  params = {"blocks_0": {"mixer": {"log_dt": jnp.zeros(3), "A_imag": jnp.zeros(3),
-                                   "D": jnp.zeros(3), "Dense_0": {"kernel": jnp.zeros(3)},
-                                   "out_proj": {"kernel": jnp.zeros((3, 3)),
-                                                "bias": jnp.zeros(3)}},
-                         "mixer_norm": {"scale": jnp.zeros(3)}},
-            "embed": {"embedding": jnp.zeros((5, 3))}}
-  labels = optim.param_labels(params, opt.ssm_pattern, opt.no_decay_pattern)
-  assert labels["blocks_0"]["mixer"]["log_dt"] == "ssm"
-  assert labels["blocks_0"]["mixer"]["A_imag"] == "ssm"
-  assert labels["blocks_0"]["mixer"]["D"] == "no_decay"
-  assert labels["blocks_0"]["mixer"]["Dense_0"]["kernel"] == "default"
-  assert labels["blocks_0"]["mixer"]["out_proj"] == {"kernel": "default", "bias": "no_decay"}
-  assert labels["blocks_0"]["mixer_norm"]["scale"] == "no_decay"
-  assert labels["embed"]["embedding"] == "no_decay"
-  _, lr = optim.make_optimizer(opt, total_steps=1000)
-  assert float(lr(0)) == 0.0
-  np.testing.assert_allclose(float(lr(opt.warmup_steps)), opt.lr, rtol=1e-6)
-  np.testing.assert_allclose(float(lr(1000)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
-
-
-def test_gradient_accumulation_applies_every_k_steps():
-  opt = config_lib.base_config("attention", "tiny").opt
-  opt.update(grad_accum_steps=3, warmup_steps=0)
-  tx, _ = optim.make_optimizer(opt, total_steps=100)
-  params = {"w": jnp.ones(4)}
-  state = tx.init(params)
-  changed = []
-  for _ in range(6):
-    updates, state = tx.update({"w": jnp.ones(4)}, state, params)
-    changed.append(bool(jnp.any(updates["w"] != 0)))
-  assert changed == [False, False, True, False, False, True]
 
 
 @pytest.mark.parametrize("mixer", ["s4d", "mingru_attention"])

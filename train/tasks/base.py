@@ -1,4 +1,5 @@
-"""What the loop needs from a task: examples by index, a model head, a loss and metrics."""
+"""What the loop needs from a task: examples by index, the facts the architecture is built
+from, a loss and metrics. The loop calls the model (`model(inputs, segment_ids) -> logits`)."""
 from __future__ import annotations
 
 import abc
@@ -9,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from seqmodels import TaskFacts
 
 
 def generated_examples(make, seed: int, stream: int) -> grain.MapDataset:
@@ -29,8 +32,6 @@ class Task(abc.ABC):
   """
   seed: int = 0
 
-  architecture = "lm"  # a name of seqmodels.ARCHITECTURES
-  causal = True        # False: bidirectional mixers (classification)
   SPLITS = {"train": 0, "eval": 1}
 
   @abc.abstractmethod
@@ -52,15 +53,10 @@ class Task(abc.ABC):
       ds = ds[:num_examples]
     return ds.batch(batch_size, drop_remainder=True)
 
-  def model_kwargs(self) -> dict:
-    """Keyword arguments of the architecture (`build_model`) this task needs."""
-    return {}
-
-  def logits(self, model, params, batch: dict) -> jax.Array:
-    """The model's logits for `batch` (a language model: next-token logits [B, T, V])."""
-    logits, _ = model.apply({"params": params}, batch["inputs"], None,
-                            batch.get("segment_ids"))
-    return logits
+  def model_facts(self) -> TaskFacts:
+    """What the architecture (`seqmodels.build_model`) needs to know of this task: causal
+    next-token prediction over `vocab_size` tokens."""
+    return TaskFacts(vocab_size=self.vocab_size)
 
   def loss_and_metrics(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
     """Weighted next-token cross-entropy and accuracy over the positions with weight 1.

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seqmodels import TaskFacts
 from train.data import listops, lra
 from train.tasks.base import Task, generated_examples
 
@@ -47,12 +48,11 @@ class Classification(Task):
   data_dir: str = ""
   pooling: str = "mean"
 
-  architecture = "classifier"
-  causal = False
   SPLITS = {"train": 0, "eval": 1, "test": 2}
   LAYOUT = ""       # the expected files under data_dir, for error messages
   num_classes = 2
   vocab_size = BYTE_VOCAB
+  two_tower = False  # inputs hold two sequences [2, T]
 
   @abc.abstractmethod
   def records(self, split: str):
@@ -76,12 +76,10 @@ class Classification(Task):
       ds = ds.shuffle(seed=self.seed).repeat()
     return ds.map(self.encode)
 
-  def model_kwargs(self):
-    return {"num_classes": self.num_classes, "pooling": self.pooling}
-
-  def logits(self, model, params, batch):
-    """[B, num_classes]."""
-    return model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"))
+  def model_facts(self):
+    """Bidirectional, `num_classes` classes, pooled as `pooling`."""
+    return TaskFacts(vocab_size=self.vocab_size, causal=False, num_classes=self.num_classes,
+                     pooling=self.pooling, two_tower=self.two_tower)
 
   def loss_and_metrics(self, logits, batch):
     """Mean cross-entropy and accuracy; logits [B, C], batch targets [B]."""
@@ -150,6 +148,7 @@ class Retrieval(Classification):
             "label, id1, id2, text1, text2)")
   FILES = {"train": "new_aan_pairs.train.tsv", "eval": "new_aan_pairs.eval.tsv",
            "test": "new_aan_pairs.test.tsv"}
+  two_tower = True
 
   def records(self, split):
     return lra.read_aan(self.path(self.FILES[split]), self.max_length)
@@ -160,9 +159,6 @@ class Retrieval(Classification):
     inputs, segment_ids = zip(*(_bytes(t, self.max_length) for t in texts))
     return {"inputs": np.stack(inputs), "segment_ids": np.stack(segment_ids),
             "targets": np.int32(label)}
-
-  def model_kwargs(self):
-    return {**super().model_kwargs(), "two_tower": True}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Causal softmax attention: the baseline every sequence paper compares against.
+"""Softmax attention: the baseline every sequence paper compares against.
 
-`attention` runs a whole sequence (full causal, sliding window or bidirectional); `attention_step` decodes
-one token against a fixed-capacity KV cache `{k: [B, C, H, K], v: [B, C, H, V], pos: [B]}`;
+`attention` runs a whole sequence (full causal, sliding window or bidirectional);
+`attention_step` decodes one token against a fixed-capacity KV cache `{k: [B, C, H, K], v: [B, C, H, V], pos: [B]}`;
 `attention_prefill` runs a sequence into such a cache. The cache is a ring buffer (slot =
 position % C, laid out in `reference.py` alone): with C = max_len it is full attention, with
 C = window it is sliding-window attention, and the same step serves both.

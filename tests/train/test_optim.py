@@ -1,0 +1,80 @@
+"""The optimizer: each declared group gets its config's lr and weight decay; the schedule
+and gradient accumulation."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from layers import axes
+from train import config_lib, optim
+
+PARAMS = {"w": jnp.ones(2), "norm": jnp.ones(2), "A_log": jnp.ones(2)}
+LABELS = {"w": axes.DEFAULT, "norm": axes.NO_DECAY, "A_log": axes.SSM}
+
+
+def _first_updates(opt, grad):
+  """[default, no_decay, ssm] updates of a parameter p = 1 with gradient `grad`."""
+  tx, _ = optim.make_optimizer(opt, 100, LABELS)
+  updates, _ = tx.update({k: jnp.full(2, grad) for k in PARAMS}, tx.init(PARAMS), PARAMS)
+  return [float(updates[k][0]) for k in ("w", "norm", "A_log")]
+
+
+def _opt(**overrides):
+  opt = config_lib.base_config("s4d", "tiny").opt
+  opt.update(lr=0.1, ssm_lr=0.01, weight_decay=0.5, warmup_steps=0, **overrides)
+  return opt
+
+
+def test_each_group_has_its_lr_and_weight_decay():
+  # AdamW's first step: -lr (g / |g| + weight_decay * p), p = 1
+  np.testing.assert_allclose(_first_updates(_opt(), 1.0),
+                             [-0.1 * 1.5, -0.1, -0.01], rtol=1e-5)
+  np.testing.assert_allclose(_first_updates(_opt(), 0.0), [-0.05, 0, 0],
+                             atol=1e-7)
+
+
+def test_groups_are_overridden_from_the_config():
+  opt = _opt()
+  opt.groups.no_decay.lr = 0.2
+  opt.groups.ssm.weight_decay = 0.5
+  assert opt.ssm_lr == opt.groups.ssm.lr == 0.01  # one value, two names
+  np.testing.assert_allclose(_first_updates(opt, 1.0),
+                             [-0.1 * 1.5, -0.2, -0.01 * 1.5], rtol=1e-5)
+  opt.ssm_lr = 0.03
+  np.testing.assert_allclose(_first_updates(opt, 1.0)[2], -0.03 * 1.5, rtol=1e-5)
+
+
+def test_every_declared_group_needs_its_settings():
+  config = config_lib.base_config("s4d", "tiny")
+  config.task = {"name": "mqar"}
+  assert set(config.opt.groups) == set(axes.GROUPS) - {axes.DEFAULT}
+  del config.opt.groups["ssm"]
+  with pytest.raises(ValueError, match=r"opt.groups has no_decay; expected .*: no_decay, ssm"):
+    config_lib.validate(config)
+
+
+def test_group_sizes_count_the_declared_groups():
+  boxed = {"w": axes.Param(jnp.ones((3, 4)), (None, None)),
+           "scale": axes.Param(jnp.ones(4), (None,), group=axes.NO_DECAY),
+           "dt": axes.Param(jnp.ones(5), (None,), group=axes.SSM)}
+  assert optim.group_sizes(boxed) == {axes.DEFAULT: 12, axes.NO_DECAY: 4, axes.SSM: 5}
+
+
+def test_schedule_warms_up_then_decays():
+  opt = config_lib.base_config("s4d", "tiny").opt
+  _, lr = optim.make_optimizer(opt, 1000, LABELS)
+  assert float(lr(0)) == 0.0
+  np.testing.assert_allclose(float(lr(opt.warmup_steps)), opt.lr, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(1000)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
+
+
+def test_gradient_accumulation_applies_every_k_steps():
+  opt = config_lib.base_config("attention", "tiny").opt
+  opt.update(grad_accum_steps=3, warmup_steps=0)
+  tx, _ = optim.make_optimizer(opt, 100, {"w": axes.DEFAULT})
+  params = {"w": jnp.ones(4)}
+  state = tx.init(params)
+  changed = []
+  for _ in range(6):
+    updates, state = tx.update({"w": jnp.ones(4)}, state, params)
+    changed.append(bool(jnp.any(updates["w"] != 0)))
+  assert changed == [False, False, True, False, False, True]
