@@ -114,7 +114,8 @@ def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collec
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a one-line ValueError naming the first bad key and what it accepts."""
+  """Raises a one-line ValueError naming the first bad key and what it accepts (every value
+  with a valid range is checked: RANGES)."""
   model, opt, run = config.model, config.opt, config.run
   sharding.check_rules(config.mesh.rules)
   if model.mixer not in registry.known_models():
@@ -129,18 +130,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"model.mixer_kwargs.{name}: the model {model.mixer!r} uses only "
                        f"{', '.join(names)}")
     registry.build_mixer(name, model.d_model, overrides=overrides.to_dict())
-  positive = {"model.d_model": model.d_model, "model.n_layers": model.n_layers,
-              "opt.lr": opt.lr, "opt.grad_accum_steps": opt.grad_accum_steps,
-              "run.steps": run.steps, "run.batch_size": run.batch_size,
-              "run.log_every": run.log_every, "run.eval_every": run.eval_every,
-              "run.eval_batches": run.eval_batches, "run.checkpoint_every": run.checkpoint_every,
-              "run.keep_checkpoints": run.keep_checkpoints}
-  for key, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"{key}={value}: expected a positive number")
+  for key, (accepts, expected) in RANGES.items():
+    value = _lookup(config, key)
+    if not accepts(value):
+      raise ValueError(f"{key}={value}: expected {expected}")
+  if run.steps < opt.grad_accum_steps:
+    raise ValueError(f"run.steps={run.steps}: expected at least opt.grad_accum_steps="
+                     f"{opt.grad_accum_steps} (one optimizer update)")
   _validate_groups(opt)
-  if not 0 <= opt.final_lr_ratio <= 1:
-    raise ValueError(f"opt.final_lr_ratio={opt.final_lr_ratio}: expected a number in [0, 1]")
+
+
+POSITIVE = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+BELOW_ONE = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+RANGES = {  # dotted key -> (accepts(value), what it accepts), checked in this order
+    "model.d_model": POSITIVE, "model.n_layers": POSITIVE, "model.mlp_expand": POSITIVE,
+    "opt.lr": POSITIVE, "opt.ssm_lr": POSITIVE, "opt.weight_decay": NON_NEGATIVE,
+    "opt.b1": BELOW_ONE, "opt.b2": BELOW_ONE, "opt.eps": POSITIVE,
+    "opt.warmup_steps": NON_NEGATIVE, "opt.final_lr_ratio": FRACTION,
+    "opt.clip_norm": POSITIVE, "opt.grad_accum_steps": POSITIVE,
+    "run.steps": POSITIVE, "run.batch_size": POSITIVE, "run.log_every": POSITIVE,
+    "run.eval_every": POSITIVE, "run.eval_batches": POSITIVE,
+    "run.checkpoint_every": POSITIVE, "run.keep_checkpoints": POSITIVE,
+}
+
+
+def _lookup(config, key: str):
+  """config["a"]["b"] of the dotted key "a.b"."""
+  for part in key.split("."):
+    config = config[part]
+  return config
 
 
 def _validate_groups(opt) -> None:

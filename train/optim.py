@@ -14,12 +14,14 @@ from flax import linen as nn
 from layers import axes
 
 
-def schedule(opt, total_steps: int, peak: float) -> optax.Schedule:
-  """Linear warmup from 0 to `peak` over opt.warmup_steps, cosine decay to
-  peak * opt.final_lr_ratio at `total_steps`."""
+def schedule(opt, updates: int, peak: float) -> optax.Schedule:
+  """The learning rate of each optimizer update (counted from 0): linear warmup from 0 to
+  `peak` over opt.warmup_steps, cosine decay reaching peak * opt.final_lr_ratio at the last
+  of `updates` updates. opt.warmup_steps counts training steps: the warmup lasts
+  opt.warmup_steps // opt.grad_accum_steps updates."""
+  warmup = opt.warmup_steps // opt.grad_accum_steps
   return optax.warmup_cosine_decay_schedule(
-      0.0, peak, opt.warmup_steps, max(total_steps, opt.warmup_steps + 1),
-      end_value=peak * opt.final_lr_ratio)
+      0.0, peak, warmup, max(updates - 1, warmup + 1), end_value=peak * opt.final_lr_ratio)
 
 
 def group_settings(opt) -> dict[str, tuple[float, float]]:
@@ -33,22 +35,27 @@ def group_settings(opt) -> dict[str, tuple[float, float]]:
 
 def make_optimizer(opt, total_steps: int,
                    labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, the main learning-rate schedule for logging) from the `opt` config.
+  """(optimizer, lr(step): the main group's learning rate applied by the update that the
+  0-based training step `step` contributes to, for logging) from the `opt` config.
 
   opt: lr, weight_decay, groups ({group: {lr, weight_decay}}; ssm_lr is groups.ssm.lr), b1,
-  b2, eps, warmup_steps, final_lr_ratio, clip_norm, grad_accum_steps.
+  b2, eps, warmup_steps, final_lr_ratio, clip_norm, grad_accum_steps (k: an update every k
+  steps, so the schedules count total_steps // k updates).
   labels: the group of every parameter (`axes.groups` of the boxed parameters), a tree of
   the parameters' structure.
   """
+  k = opt.grad_accum_steps
+  updates = max(1, total_steps // k)
   transforms = {
-      group: optax.adamw(schedule(opt, total_steps, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+      group: optax.adamw(schedule(opt, updates, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
                          weight_decay=weight_decay)
       for group, (lr, weight_decay) in group_settings(opt).items()}
   tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm),
                    optax.multi_transform(transforms, labels))
-  if opt.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum_steps)
-  return tx, schedule(opt, total_steps, opt.lr)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k)
+  main = schedule(opt, updates, opt.lr)
+  return tx, lambda step: main(step // k)
 
 
 def group_sizes(boxed) -> dict[str, int]:

@@ -51,9 +51,11 @@ def make_mesh(mesh_config) -> jax.sharding.Mesh:
 def check_rules(rules) -> None:
   """Raises a one-line ValueError unless `rules` is ((logical name, mesh axes), ...)."""
   logical = (BATCH,) + axes.NAMES
+  if not isinstance(rules, (tuple, list)):
+    raise ValueError(f"mesh.rules={rules!r}: expected ((logical axis, mesh axes), ...)")
   for rule in rules:
-    if len(rule) != 2 or rule[0] not in logical:
-      raise ValueError(f"mesh.rules: {tuple(rule)!r} must be (logical axis, mesh axes) with a "
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2 or rule[0] not in logical:
+      raise ValueError(f"mesh.rules: {rule!r} must be (logical axis, mesh axes) with a "
                        f"logical axis among {', '.join(logical)}")
     if any(t not in AXES for t in _axis_names(rule[1])):
       raise ValueError(f"mesh.rules: {tuple(rule)!r} names a mesh axis not in {AXES} "

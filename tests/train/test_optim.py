@@ -78,3 +78,67 @@ def test_gradient_accumulation_applies_every_k_steps():
     updates, state = tx.update({"w": jnp.ones(4)}, state, params)
     changed.append(bool(jnp.any(updates["w"] != 0)))
   assert changed == [False, False, True, False, False, True]
+
+
+def test_accumulation_schedules_updates_and_logs_the_applied_lr():
+  """steps=50, k=2: 25 updates; the cosine ends at the last one, and the lr logged at each
+  step is the one its update applies (Adam's step on a constant gradient is -lr)."""
+  opt = config_lib.base_config("attention", "tiny").opt
+  opt.update(grad_accum_steps=2, warmup_steps=10, weight_decay=0.0, eps=1e-12)
+  tx, lr = optim.make_optimizer(opt, 50, {"w": axes.DEFAULT})
+  params = {"w": jnp.ones(1)}
+  state = tx.init(params)
+  applied = []
+  for step in range(50):
+    updates, state = tx.update({"w": jnp.ones(1)}, state, params)
+    if step % 2:
+      applied.append((step, -float(updates["w"][0])))
+  assert len(applied) == 25
+  for step, value in applied:
+    np.testing.assert_allclose(float(lr(step)), value, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(float(lr(step - 1)), value, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(float(lr(49)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
+  np.testing.assert_allclose(float(lr(10)), opt.lr, rtol=1e-5)  # warmup: 5 updates
+
+
+def test_the_cosine_ends_at_the_last_step():
+  opt = config_lib.base_config("attention", "tiny").opt
+  opt.warmup_steps = 10
+  _, lr = optim.make_optimizer(opt, 50, {"w": axes.DEFAULT})
+  np.testing.assert_allclose(float(lr(49)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
+
+
+def _mqar_config():
+  config = config_lib.base_config("attention", "tiny")
+  config.task = {"name": "mqar"}
+  return config
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("opt.clip_norm", -1.0, "opt.clip_norm=-1.0: expected a positive number"),
+    ("opt.clip_norm", 0.0, "opt.clip_norm=0.0: expected a positive number"),
+    ("opt.b1", -1.0, r"opt.b1=-1.0: expected a number in \[0, 1\)"),
+    ("opt.b1", 1.0, r"opt.b1=1.0: expected a number in \[0, 1\)"),
+    ("opt.b2", 2.0, r"opt.b2=2.0: expected a number in \[0, 1\)"),
+    ("opt.eps", 0.0, "opt.eps=0.0: expected a positive number"),
+    ("opt.warmup_steps", -1, "opt.warmup_steps=-1: expected a number >= 0"),
+    ("opt.weight_decay", -5.0, "opt.weight_decay=-5.0: expected a number >= 0"),
+    ("opt.lr", 0.0, "opt.lr=0.0: expected a positive number"),
+    ("opt.lr", float("nan"), "opt.lr=nan: expected a positive number"),
+    ("opt.ssm_lr", -1.0, "opt.ssm_lr=-1.0: expected a positive number"),
+    ("opt.groups.no_decay.lr", -1.0, "opt.groups.no_decay.lr=-1.0: expected a positive"),
+    ("opt.groups.no_decay.weight_decay", -1.0,
+     "opt.groups.no_decay.weight_decay=-1.0: expected a number >= 0"),
+    ("opt.final_lr_ratio", 1.5, r"opt.final_lr_ratio=1.5: expected a number in \[0, 1\]"),
+    ("opt.grad_accum_steps", 0, "opt.grad_accum_steps=0: expected a positive number"),
+    ("opt.grad_accum_steps", 2000, "run.steps=1000: expected at least opt.grad_accum_steps"),
+    ("model.mlp_expand", 0.0, "model.mlp_expand=0.0: expected a positive number"),
+    ("run.keep_checkpoints", 0, "run.keep_checkpoints=0: expected a positive number"),
+])
+def test_out_of_range_values_fail_validation_in_one_line(key, value, message):
+  config = _mqar_config()
+  section, _, name = key.rpartition(".")
+  config_lib._lookup(config, section)[name] = value
+  with pytest.raises(ValueError, match=f"^{message}") as error:
+    config_lib.validate(config)
+  assert "\n" not in str(error.value)
