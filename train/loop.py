@@ -10,7 +10,6 @@ task turns logits into loss and metrics.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from layers import axes
 from seqmodels import build_model
-from train import checkpoint, config_lib, optim, sharding
+from train import checkpoint, config_lib, optim, sharding, workdir as workdir_lib
 from train.metrics import MetricsWriter
 from train.tasks import Task, build_task
 
@@ -192,22 +191,42 @@ class Progress:
     self.writer.close()
 
 
+def _last_good(ckpt: checkpoint.Checkpointer) -> str:
+  step = ckpt.latest_saved()
+  return "no checkpoint was saved" if step is None else f"the last good checkpoint is step {step}"
+
+
 def read_back(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> dict:
   """A dispatched step's metrics on the host; NonFiniteError on NaN/inf loss or gradients."""
   metrics = sharding.to_host(metrics)
   if not all(map(jnp.isfinite, (metrics["loss"], metrics["grad_norm"]))):
     raise NonFiniteError(f"non-finite loss or gradients at step {step} "
                          f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); "
-                         f"the last good checkpoint is step {ckpt.latest_step()}")
+                         f"{_last_good(ckpt)}")
   return metrics
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
+
+
+def check_finite(step: int, state: TrainState, ckpt: checkpoint.Checkpointer) -> None:
+  """NonFiniteError unless the parameters and optimizer state after `step` are finite (a
+  finite loss and gradient can still make them inf/NaN: only finite states are saved)."""
+  if not sharding.to_host(_all_finite((state.params, state.opt_state))):
+    raise NonFiniteError(f"non-finite parameters or optimizer state after step {step}; "
+                         f"{_last_good(ckpt)}")
 
 
 def run_loop(run, state: TrainState, *, train_step, data_iter, put, evaluate_params,
              ckpt: checkpoint.Checkpointer, progress: Progress) -> dict:
   """Steps from state.step to run.steps on the host batches of `data_iter` (put on the mesh
   by `put`): checkpoints (with the data position) at run.checkpoint_every, evaluates at
-  run.eval_every and at the end; step n-1's metrics are read while step n runs. Returns the
-  last eval metrics."""
+  run.eval_every and at the end; step n-1's metrics are read while step n runs, and every
+  step's loss and gradients, and the state itself, are checked finite before a save. Returns
+  the last eval metrics."""
   pending, eval_metrics = None, {}
   for step in range(int(state.step) + 1, run.steps + 1):
     state, metrics = train_step(state, put(next(data_iter)))
@@ -218,6 +237,7 @@ def run_loop(run, state: TrainState, *, train_step, data_iter, put, evaluate_par
       continue
     progress.train(step, read_back(*pending, ckpt))
     pending = None
+    check_finite(step, state, ckpt)
     ckpt.save(step, state, data_iter.get_state(), force=step == run.steps)
     if step % run.eval_every == 0 or step == run.steps:
       eval_metrics = evaluate_params(state.params)
@@ -225,19 +245,20 @@ def run_loop(run, state: TrainState, *, train_step, data_iter, put, evaluate_par
   return eval_metrics or evaluate_params(state.params)  # resumed at the end: evaluate
 
 
-def _write_config(config, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains for config.run.steps steps (resuming from `workdir` if it holds a checkpoint) and
-  returns the final eval metrics. Writes config.json, metrics.jsonl, tb/, checkpoints/."""
+  returns the final eval metrics. Writes config.json (and config_history.jsonl when a resumed
+  run changes what it may: workdir.RESUMABLE), metrics.jsonl, tb/, checkpoints/. The config
+  is checked (values, and against the workdir's run) before anything is written, and the
+  workdir is locked for the run."""
   config_lib.validate(config)
+  changes = workdir_lib.check_resume(config, workdir)
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir, changes)
+
+
+def _train(config, workdir: str, changes: dict) -> dict:
   run = config.run
-  _write_config(config, workdir)
   task = build_task(config.task)
   train_data = task.dataset("train", run.batch_size)
   eval_data = task.dataset("eval", run.batch_size, run.eval_batches * run.batch_size)
@@ -247,6 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(workdir, run.checkpoint_every, run.keep_checkpoints)
   data_iter = iter(train_data.to_iter_dataset())
   state = restore_or_init(setup, placement, ckpt, data_iter, run.seed)
+  workdir_lib.record_config(config, workdir, changes, int(state.step))
   train_step, eval_step = make_steps(task, setup, placement)
   progress = Progress(workdir, run, int(state.step), example.size,
                       enabled=jax.process_index() == 0)

@@ -23,7 +23,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seqmodels import registry
-from train.loop import train_and_evaluate
+from train.checkpoint import CheckpointError
+from train.loop import NonFiniteError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Run config: path/to/config.py[:arg], e.g. "
@@ -64,6 +65,9 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
       node = node[part]
 
 
+# What stops a run in one line: a bad config or workdir (ValueError), missing data, no
+# readable checkpoint, a non-finite loss or state.
+RUN_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteError)
 MIXER_OPTION = "--config.model.mixer_kwargs."
 HELP = ("-h", "-?", "--help", "--helpshort")
 
@@ -166,7 +170,7 @@ def _main(argv):
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # config errors found by validation: one line, no traceback
+  except RUN_ERRORS as e:  # one line, no traceback
     sys.exit(f"error: {e}")
   print("final eval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
   print(f"outputs in {os.path.abspath(_WORKDIR.value)} (config.json, metrics.jsonl, tb/, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,14 @@ def load(workdir: str):
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   setup = build(config, build_task(config.task), jax.ShapeDtypeStruct((1, 8), jnp.int32))
+  if not hasattr(setup.model, "step"):
+    raise ValueError(f"{workdir!r} holds a model.architecture={config.model.architecture!r} "
+                     "run; train.sample decodes language models (architecture 'lm')")
   on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=config.run.keep_checkpoints)
   restored = ckpt.restore(checkpoint.abstract(
-      setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)))
+      setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)),
+      set_aside=False)
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir!r}/checkpoints")
@@ -51,7 +56,10 @@ def main():
   parser.add_argument("--top_p", type=float, default=0.95)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  _, model, params, step = load(args.workdir)
+  try:
+    _, model, params, step = load(args.workdir)
+  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
   prompt = jnp.asarray([list(args.prompt.encode("utf-8"))], jnp.int32)
   tokens = generate(model, {"params": params}, prompt, args.max_new_tokens,
                     jax.random.key(args.seed), Sampler(args.temperature, top_p=args.top_p))
