@@ -33,9 +33,9 @@ def _steps(workdir):
   return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
 
 
-def _cli(*args, module="train"):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                        text=True)
+def _cli(*args, module="train", python=()):
+  return subprocess.run([sys.executable, *python, "-m", module, *args], cwd=ROOT,
+                        capture_output=True, text=True)
 
 
 def _assert_one_line_error(result, *parts):
@@ -127,11 +127,14 @@ def test_a_resume_records_allowed_changes_and_only_finite_states_are_saved(tmp_p
 
 
 def test_a_non_finite_first_update_stops_in_one_line_and_saves_nothing(tmp_path):
+  """(numpy warns that 1e39 overflows float32 when the schedule is traced: not ours to hide
+  from users, ignored here.)"""
   result = _cli(f"--config={MQAR_CONFIG}:model=mingru", f"--workdir={tmp_path}",
                 "--config.opt.lr=1e39", "--config.run.checkpoint_every=1",
                 "--config.run.steps=5", "--config.run.progress=False",
                 "--config.model.d_model=32", "--config.task.seq_len=32",
-                "--config.run.batch_size=8", "--config.run.eval_batches=1")
+                "--config.run.batch_size=8", "--config.run.eval_batches=1",
+                python=("-W", "ignore::RuntimeWarning"))
   _assert_one_line_error(result, "after step 1; no checkpoint was saved")
   assert not any(p.isdigit() for p in os.listdir(tmp_path / "checkpoints"))
 
