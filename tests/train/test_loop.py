@@ -132,7 +132,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
      "error: opt.groups.ssm.weight_decay=-1.0: expected a number >= 0"),
     (["--config.mesh.rules=(('embedd', 'fsdp'),)"],
      "error: mesh.rules: ('embedd', 'fsdp') must be (logical axis, mesh axes)"),
-    (["--config.mesh.rules=5"], "error: mesh.rules=5: expected ((logical axis, mesh axes)"),
+    (["--config.mesh.rules=5"], "error: mesh.rules: 5 must be (logical axis, mesh axes)"),
     (["--config.opt.clip_norm=-1"], "error: opt.clip_norm=-1.0: expected a positive number"),
     (["--config.opt.b2=2"], "error: opt.b2=2.0: expected a number in [0, 1)"),
 ])
