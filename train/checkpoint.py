@@ -86,17 +86,18 @@ class Checkpointer:
     return None
 
   def _set_aside(self, failed: list, good: int, move: bool) -> None:
-    """Names the unreadable steps `failed` [(step, error)] and moves them aside (process 0)."""
-    if not failed:
-      return
-    for step, error in failed:
-      target = os.path.join(self.directory, f"corrupt-{step}-{time.strftime('%Y%m%dT%H%M%S')}")
-      if jax.process_index() == 0:
+    """Names each unreadable step of `failed` [(step, error)] in one line and, with `move`,
+    moves it to checkpoints/corrupt-<step>-<time> (process 0; the others wait for it)."""
+    if jax.process_index() == 0:
+      for step, error in failed:
+        note = f"checkpoint step {step} is unreadable ({_first_line(error)})"
         if move:
+          target = os.path.join(self.directory,
+                                f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
           os.rename(os.path.join(self.directory, str(step)), target)
-        print(f"checkpoint step {step} is unreadable ({_first_line(error)})"
-              f"{'; moved to ' + target if move else ''}; using step {good}", flush=True)
-    if move:
+          note += f"; moved to {target}"
+        print(f"{note}; resuming from step {good}", flush=True)
+    if failed and move:
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices("checkpoint: set aside")
       self.manager.reload()

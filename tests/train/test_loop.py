@@ -156,3 +156,15 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path, mixer):
   assert {np.asarray(x).dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
   losses = [r["loss"] for r in read_metrics(str(tmp_path)) if "loss" in r]
   assert losses[-1] < losses[0]
+
+
+def test_accumulated_runs_log_the_lr_their_updates_apply(tmp_path):
+  """steps=50, grad_accum_steps=2: 25 updates; the cosine ends at the last one, which step 50
+  logs (optim's tests check the logged lr is the one applied)."""
+  config = _mqar_config("mingru", steps=50, log_every=1)
+  config.opt.update(grad_accum_steps=2, warmup_steps=10)
+  config.model.d_model, config.task.seq_len, config.run.batch_size = 32, 32, 8
+  train_and_evaluate(config, str(tmp_path))
+  lrs = {r["step"]: r["lr"] for r in read_metrics(str(tmp_path)) if "lr" in r}
+  np.testing.assert_allclose(lrs[50], config.opt.lr * config.opt.final_lr_ratio, rtol=1e-5)
+  assert lrs[11] == lrs[12] > lrs[13]  # steps 11 and 12 feed one update

@@ -60,7 +60,7 @@ def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_run_resumes(tmp_pa
   assert np.isfinite(metrics["eval_loss"])
   notes = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
   assert len(notes) == 1 and notes[0].startswith("checkpoint step 20 is unreadable")
-  assert "using step 10" in notes[0]
+  assert "resuming from step 10" in notes[0]
   aside = [p for p in os.listdir(f"{workdir}/checkpoints") if p.startswith("corrupt-20-")]
   assert len(aside) == 1 and os.path.exists(f"{workdir}/checkpoints/{aside[0]}/state")
   assert _steps(workdir) == [20, 30]
