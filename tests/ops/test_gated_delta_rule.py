@@ -96,7 +96,7 @@ def test_deltanet_without_gate():
 def test_packed_equals_alone(impl):
   xs, h0 = _inputs(100, seed=2)
   segment_ids = harness.packed_segment_ids(B, 100, seed=3)
-  segment_ids = segment_ids.at[0, :10].set(0)  # id 0 (padding) is just another segment
+  segment_ids = segment_ids.at[0, :10].set(0)  # id 0: padding, zeroed (as run alone)
   harness.assert_packed_equals_alone(_op(impl), xs, h0, segment_ids)
 
 

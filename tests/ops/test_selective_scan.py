@@ -119,7 +119,7 @@ def test_packed_equals_alone(impl):
   T = 40
   xs, h0 = _inputs(T, groups=2, seed=4)
   segment_ids = harness.packed_segment_ids(B, T, seed=3)
-  segment_ids = segment_ids.at[0, :10].set(0)  # id 0 (padding) is just another segment
+  segment_ids = segment_ids.at[0, :10].set(0)  # id 0: padding, zeroed (as run alone)
   harness.assert_packed_equals_alone(_op(impl, _params(seed=4), chunk_size=16), xs, h0,
                                      segment_ids)
 
