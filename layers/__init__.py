@@ -27,6 +27,7 @@ Option names mean one thing in every mixer:
 (GDN: GatedDeltaNet and DeltaNet.)
 """
 from layers.attention import Attention
+from layers.bidirectional import Bidirectional
 from layers.based import BaseConv, Based, taylor_feature_map
 from layers.common import state_bytes
 from layers.conv import ShortConv
@@ -44,6 +45,7 @@ __all__ = [
     "MLP",
     "Attention",
     "BaseConv",
+    "Bidirectional",
     "Based",
     "DeltaNet",
     "GatedDeltaNet",

@@ -58,6 +58,10 @@ class Attention(nn.Module):
 
     state=None starts from an empty cache of capacity C = window (or T); a given cache is
     continued by its row's first segment (later segments start empty), `attention_prefill`.
+    Full attention (no window) raises a ValueError when T exceeds the cache's capacity C: the
+    shapes show that the tokens would not fit. (Where only the traced position decides,
+    pos + T > C or stepping at pos >= C, the cache acts as a sliding window of C tokens:
+    size it with init_state(B, max_len) for every position to be decoded, as `generate` does.)
     """
     common.check_input("Attention", x, self.d_model)
     B, T, _ = x.shape
@@ -69,6 +73,11 @@ class Attention(nn.Module):
       o = attention(q, k, v, window=None, segment_ids=index, causal=False)
       return self.out_proj(o), None
     if state is not None:  # the first segment continues at the cache's next position
+      capacity = state["k"].shape[1]
+      if self.window is None and T > capacity:
+        raise ValueError(f"Attention: {T} tokens do not fit a full-attention KV cache of "
+                         f"capacity {capacity}; size it with init_state(batch, max_len >= "
+                         "all positions to be decoded)")
       positions = positions + jnp.where(index == 0, state["pos"][:, None], 0)
     q, k, v = self._qkv(x, positions)
     capacity = (self.window or T) if state is None else None
@@ -81,7 +90,10 @@ class Attention(nn.Module):
                       self.head_dim, self.dtype)
 
   def step(self, x_t: jax.Array, state: dict) -> tuple[jax.Array, dict]:
-    """x_t: [B, D] -> (y_t: [B, D], cache with (k_t, v_t) written at pos, pos + 1)."""
+    """x_t: [B, D] -> (y_t: [B, D], cache with (k_t, v_t) written at pos, pos + 1).
+
+    pos is traced, so nothing checks it: at pos >= C full attention sees the last C tokens only
+    (a sliding window); init_state(B, max_len) must cover every position to be decoded."""
     common.check_input("Attention", x_t, self.d_model, step=True)
     if not self.causal:
       raise ValueError("Attention: the bidirectional form (causal=False) has no step")

@@ -5,9 +5,40 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from seqmodels.sampling import GREEDY, Sampler
+
+
+def check_token_ids(tokens, vocab_size: int | None, what: str) -> None:
+  """Raises a ValueError naming the first id of `tokens` outside [0, vocab_size) (an embedding
+  lookup would return NaN or garbage for it). Needs concrete values: traced arrays and
+  vocab_size None are not checked."""
+  if vocab_size is None or isinstance(tokens, jax.core.Tracer):
+    return
+  tokens = np.asarray(tokens)
+  bad = (tokens < 0) | (tokens >= vocab_size)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{what}: token id {int(tokens[where])} at index {where} is outside the "
+                     f"vocabulary [0, {vocab_size})")
+
+
+def check_left_padded(prompt_mask) -> None:
+  """Raises a ValueError unless every row of `prompt_mask` [B, P] is padding (False) then
+  real tokens (True), with at least one real token. Traced masks are not checked."""
+  if isinstance(prompt_mask, jax.core.Tracer):
+    return
+  mask = np.asarray(prompt_mask, bool)
+  right = np.argwhere(mask[:, :-1] & ~mask[:, 1:])
+  if len(right):
+    row, col = right[0]
+    raise ValueError(f"generate: prompt row {row} has padding at index {col + 1} after a real "
+                     "token; prompts must be left-padded (padding, then the tokens)")
+  empty = np.flatnonzero(~mask.any(axis=1))
+  if len(empty):
+    raise ValueError(f"generate: prompt row {empty[0]} has no real token")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
@@ -44,9 +75,15 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
     rng: PRNG key (unused by greedy decoding).
     sampler: `Sampler(temperature, top_k, top_p)`; GREEDY by default.
     prompt_mask: [B, P] bool, True at real tokens (None: all real). Every row needs at least
-      one real token, and the padding must be on the left.
+      one real token, and the padding must be on the left (checked: right padding would
+      decode after the padding and give other tokens than the prompt alone).
   Returns:
     new tokens [B, max_new_tokens], in the dtype of prompt.
+
+  The prompt ids (padding included: it is embedded too) are checked against the model's
+  vocabulary (`model.backbone.vocab_size`) before compilation. The state is sized
+  `init_state(B, P + max_new_tokens)`, so decoding never runs past a KV cache's capacity
+  (beyond it, full attention would see only the last capacity tokens).
   """
   if jnp.ndim(prompt) != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer):
     raise ValueError(f"generate: prompt must be an int array [B, P]; got shape "
@@ -58,5 +95,8 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
   elif jnp.shape(prompt_mask) != prompt.shape:
     raise ValueError(f"generate: prompt_mask must have the prompt's shape {prompt.shape}; "
                      f"got {tuple(jnp.shape(prompt_mask))}")
+  check_left_padded(prompt_mask)
+  backbone = getattr(model, "backbone", None)
+  check_token_ids(prompt, getattr(backbone, "vocab_size", None), "generate: prompt")
   return _generate(model, variables, prompt, jnp.asarray(prompt_mask, bool), rng,
                    max_new_tokens, sampler)

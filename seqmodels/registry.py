@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from flax import linen as nn
 
 from layers import S4D, Attention, Mamba, Mamba2, MinGRU, MinLSTM, NoMixer
-from layers import BaseConv, Based, DeltaNet, GatedDeltaNet, RetNet
+from layers import BaseConv, Based, Bidirectional, DeltaNet, GatedDeltaNet, RetNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,10 @@ def check_mixer_options(name: str, options: Mapping) -> None:
 def build_mixer(name: str, d_model: int, *, causal: bool = True,
                 overrides: Mapping | None = None, **module_kwargs) -> nn.Module:
   """The mixer `name` at width `d_model`: registered defaults, then `overrides` (config
-  keys, checked against `mixer_options`), then `module_kwargs` (dtype, ...)."""
+  keys, checked against `mixer_options`), then `module_kwargs` (dtype, ...).
+
+  causal=False: the mixer's native bidirectional form where it has one (a `causal` field:
+  S4D, Attention), else `Bidirectional` over two instances of it (forward and reversed)."""
   overrides = dict(overrides or {})
   check_mixer_options(name, overrides)
   spec = MIXERS[name]
@@ -117,7 +120,8 @@ def build_mixer(name: str, d_model: int, *, causal: bool = True,
   if "causal" in {f.name for f in dataclasses.fields(spec.cls)}:
     kwargs["causal"] = causal
   elif not causal:
-    raise ValueError(f"mixer {name!r} has no bidirectional form (causal=False)")
+    return Bidirectional(spec.cls(d_model=d_model, **kwargs),
+                         spec.cls(d_model=d_model, **kwargs))
   return spec.cls(d_model=d_model, **kwargs)
 
 

@@ -92,7 +92,8 @@ def assert_packed_equals_alone(fn, time_args, initial_state, segment_ids, tol=OU
   """A packed batch equals each of its segments run alone.
 
   The first segment of a row starts from that row's initial state, later ones from zero; the
-  packed final state is that of the row's last segment.
+  packed final state is that of the row's last segment. A padding segment (id 0) runs alone as
+  padding (all ids 0): ops zero padding before any product.
   """
   fn = jax.jit(fn)
   out, final = fn(tuple(time_args), initial_state, segment_ids)
@@ -103,7 +104,8 @@ def assert_packed_equals_alone(fn, time_args, initial_state, segment_ids, tol=OU
       if n > 0:
         h0 = jnp.zeros_like(h0)
       xs = tuple(x[b:b + 1, start:end] for x in time_args)
-      out_alone, final_alone = fn(xs, h0, None)
+      alone_ids = None if segment_ids[b, start] else jnp.zeros((1, end - start), jnp.int32)
+      out_alone, final_alone = fn(xs, h0, alone_ids)
       assert_close(out[b:b + 1, start:end], out_alone, tol,
                    f"row {b} segment {n} [{start}:{end}] outputs")
     assert_close(final[b:b + 1], final_alone, tol, f"row {b} final state")

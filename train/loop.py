@@ -26,6 +26,7 @@ from layers import axes
 from seqmodels import build_model
 from train import checkpoint, config_lib, optim, sharding, workdir as workdir_lib
 from train.metrics import MetricsWriter
+from train.summary import model_summary
 from train.tasks import Task, build_task
 
 
@@ -156,14 +157,15 @@ def evaluate(eval_step, params, eval_data, placement: Placement) -> dict:
 
 class Progress:
   """Metrics to the writer and the tqdm bar (on the chief process), with tokens per second
-  over each logging interval."""
+  over each logging interval. The clock starts when the first step's metrics are back, so
+  compilation never counts (a first log at that very step has no tokens_per_s)."""
 
   def __init__(self, workdir: str, run, start: int, tokens_per_step: int, enabled: bool):
-    self.run, self.start, self.tokens_per_step = run, start, tokens_per_step
+    self.run, self.tokens_per_step = run, tokens_per_step
     self.writer = MetricsWriter(workdir, start, enabled=enabled)
     self.bar = tqdm(total=run.steps, initial=start, disable=not (run.progress and enabled),
                     desc="train", dynamic_ncols=True)
-    self.enabled, self.last_time = enabled, time.perf_counter()
+    self.enabled, self.timed_from = enabled, None  # (step, time) the clock runs from
 
   def note(self, text: str) -> None:
     if self.enabled:
@@ -172,15 +174,18 @@ class Progress:
   def train(self, step: int, metrics: dict) -> None:
     """Logs a step's host metrics at every run.log_every steps and the last."""
     self.bar.update(1)
+    now = time.perf_counter()
+    if self.timed_from is None:  # the first step, compiled and run: start the clock
+      self.timed_from = (step, now)
     if step % self.run.log_every and step != self.run.steps:
       return
-    now = time.perf_counter()
-    metrics["tokens_per_s"] = self.tokens_per_step * min(self.run.log_every,
-                                                         step - self.start) / (now - self.last_time)
-    self.last_time = now
+    from_step, from_time = self.timed_from
+    if step > from_step:
+      metrics["tokens_per_s"] = self.tokens_per_step * (step - from_step) / (now - from_time)
+    self.timed_from = (step, now)
     self.writer.write(step, metrics)
     self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
-                         tok_s=f"{metrics['tokens_per_s']:.0f}")
+                         tok_s=f"{metrics.get('tokens_per_s', 0):.0f}")
 
   def eval(self, step: int, metrics: dict) -> None:
     self.writer.write(step, metrics)
@@ -272,8 +277,7 @@ def _train(config, workdir: str, changes: dict) -> dict:
   train_step, eval_step = make_steps(task, setup, placement)
   progress = Progress(workdir, run, int(state.step), example.size,
                       enabled=jax.process_index() == 0)
-  progress.note("parameters: " + ", ".join(
-      f"{group} {n:,}" for group, n in optim.group_sizes(setup.boxed).items()))
+  progress.note(model_summary(config.model, setup.boxed))
   try:
     return run_loop(run, state, train_step=train_step, data_iter=data_iter, put=placement.put,
                     evaluate_params=lambda p: evaluate(eval_step, p, eval_data, placement),

@@ -9,41 +9,29 @@ and continues the prompt with `seqmodels.generate`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from seqmodels import Sampler, generate
 from train import checkpoint
+from train.eval import load_config, restore_state
 from train.loop import build
 from train.tasks import build_task
 
 
 def load(workdir: str):
   """(config, model, params, step) of the latest checkpoint in `workdir`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no config.json in {workdir!r}: not a training workdir")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = load_config(workdir)
   setup = build(config, build_task(config.task), jax.ShapeDtypeStruct((1, 8), jnp.int32))
   if not hasattr(setup.model, "step"):
     raise ValueError(f"{workdir!r} holds a model.architecture={config.model.architecture!r} "
                      "run; train.sample decodes language models (architecture 'lm')")
   on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=config.run.keep_checkpoints)
-  restored = ckpt.restore(checkpoint.abstract(
-      setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)),
-      set_aside=False)
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir!r}/checkpoints")
-  state, _ = restored
-  return config, setup.model, state.params, int(state.step)
+  state, step = restore_state(workdir, checkpoint.abstract(
+      setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)))
+  return config, setup.model, state.params, step
 
 
 def main():

@@ -51,6 +51,8 @@ def prepare(op, q, k, v, gates, scale, initial_state, segment_ids):
   h0 = (jnp.zeros((B, H, K, V), dtype) if initial_state is None
         else initial_state.astype(state_dtype))
   resets = common.segment_starts(segment_ids, B, T)
+  q, k, v = common.zero_padding(segment_ids, q, k, v)
+  gates = dict(zip(gates, common.zero_padding(segment_ids, *gates.values())))
   return (q.astype(dtype), k.astype(dtype), v.astype(state_dtype), gates, h0, resets, scale,
           out_dtype)
 
@@ -147,12 +149,14 @@ _chunk_loop.defvjp(_chunk_loop_fwd, _chunk_loop_bwd)
 class ChunkDecay(NamedTuple):
   """Gate decays within one chunk, zero wherever a segment boundary cuts the path.
 
-  within: [B, H, C, C] exp(G_i - G_j) for j <= i in the same segment, else 0.
+  mask: [B, H, C, C] bool, j <= i in the same segment.
+  within: [B, H, C, C] exp(G_i - G_j) where mask, else 0.
   entry: [B, H, C] exp(G_i) where token i's segment continues from the previous chunk.
   exit: [B, H, C] exp(G_last - G_j) where token j is in the chunk's last segment.
   carry: [B, H] exp(G_last) where no segment starts inside the chunk.
   G is the cumulative log gate within the chunk; every exp sees a masked exponent <= 0.
   """
+  mask: jax.Array
   within: jax.Array
   entry: jax.Array
   exit: jax.Array
@@ -167,10 +171,13 @@ def _cumsum(x):
   """Cumulative sum over the last axis as a matmul with a triangle of ones.
 
   (XLA on CPU fuses a cumsum into its consumers and recomputes it for every element.)
+  A non-finite x_j reaches the sums from j on only (`common.masked_matmul`).
   """
   size = x.shape[-1]
-  return jnp.matmul(x, jnp.triu(jnp.ones((size, size), x.dtype)),
-                    precision=lax.Precision.HIGHEST)
+  upper = jnp.triu(jnp.ones((size, size), x.dtype))
+  bad = ~jnp.isfinite(x)
+  sums = jnp.matmul(jnp.where(bad, 0, x), upper, precision=lax.Precision.HIGHEST)
+  return jnp.where(jnp.matmul(bad.astype(x.dtype), upper) > 0, jnp.nan, sums)
 
 
 def chunk_decay(g, resets) -> ChunkDecay:
@@ -180,6 +187,7 @@ def chunk_decay(g, resets) -> ChunkDecay:
   same = jnp.tril(seg[..., :, None] == seg[..., None, :])  # j <= i in the same segment
   first, last = seg == 0, seg == seg[..., -1:]
   return ChunkDecay(
+      mask=same,
       within=_masked_exp(same, G[..., :, None] - G[..., None, :]),
       entry=_masked_exp(first, G),
       exit=_masked_exp(last, G[..., -1:] - G),
@@ -190,10 +198,11 @@ def chunk_output(q, k, u, decay: ChunkDecay, state):
   """o_i = sum_{j <= i} within_ij (q_i . k_j) u_j + entry_i S_in^T q_i.
 
   q, k: [B, H, C, K]; u: [B, H, C, V]; state: S_in [B, H, K, V], the state entering the chunk.
-  Returns [B, H, C, V].
+  Returns [B, H, C, V]. Scores are masked (`where`) before they meet u, and u_j reaches o_i
+  only where j <= i (`common.masked_matmul`), so non-finite values never flow back in time.
   """
-  scores = jnp.einsum("bhik,bhjk->bhij", q, k) * decay.within
-  return (jnp.einsum("bhij,bhjv->bhiv", scores, u)
+  scores = jnp.where(decay.mask, jnp.einsum("bhik,bhjk->bhij", q, k), 0) * decay.within
+  return (common.masked_matmul(scores, decay.mask, u)
           + jnp.einsum("bhik,bhkv->bhiv", q * decay.entry[..., None], state))
 
 

@@ -170,3 +170,23 @@ def accumulation_dtype(*xs) -> jnp.dtype:
 def broadcast_flags(flags: jax.Array, like: jax.Array) -> jax.Array:
   """Appends trailing unit axes so `[B, T]` flags broadcast against `[B, T, ...]`."""
   return flags.reshape(flags.shape + (1,) * (like.ndim - flags.ndim))
+
+
+def zero_padding(segment_ids: jax.Array | None, *xs):
+  """`xs` ([B, T, ...] arrays or None) with every padding position (segment id 0) set to 0, so
+  that garbage (even NaN) in padding never meets a product that reaches real tokens."""
+  if segment_ids is None:
+    return xs
+  pad = segment_ids == 0
+  return tuple(None if x is None else jnp.where(broadcast_flags(pad, x), 0, x) for x in xs)
+
+
+def masked_matmul(weights: jax.Array, mask: jax.Array, x: jax.Array) -> jax.Array:
+  """weights @ x ([..., I, J] @ [..., J, V]) for weights that are zero outside `mask`
+  ([..., I, J] bool, broadcastable), where a non-finite x_j reaches row i only if mask_ij: a
+  plain matmul would spread it to every row through 0 * NaN. Such rows become NaN whole."""
+  bad = ~jnp.isfinite(x)
+  out = jnp.matmul(weights, jnp.where(bad, 0, x))
+  reached = jnp.matmul(mask.astype(weights.real.dtype),
+                       bad.any(-1, keepdims=True).astype(weights.real.dtype)) > 0
+  return jnp.where(reached, jnp.nan, out)

@@ -90,7 +90,30 @@ def test_temperature_one_samples_the_softmax():
      r"max_new_tokens must be >= 1"),
     (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
                       prompt_mask=jnp.ones((2, 4), bool)), r"prompt_mask must have the prompt"),
+    (lambda: generate(_model("mingru"), {}, jnp.array([[1, 100, 2]]), 2, jax.random.key(0)),
+     r"token id 100 at index \(0, 1\) is outside the vocabulary \[0, 11\)"),
+    (lambda: generate(_model("mingru"), {}, jnp.array([[1, -1, 2]]), 2, jax.random.key(0)),
+     r"token id -1 .* outside the vocabulary"),
+    (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
+                      prompt_mask=jnp.array([[1, 1, 1], [1, 1, 0]], bool)),
+     r"prompt row 1 has padding at index 2 after a real token; prompts must be left-padded"),
+    (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
+                      prompt_mask=jnp.array([[1, 1, 1], [0, 0, 0]], bool)),
+     r"prompt row 1 has no real token"),
 ])
 def test_bad_arguments_raise(make, message):
   with pytest.raises(ValueError, match=message):
     make()
+
+
+def test_full_attention_prefill_past_the_cache_capacity_raises():
+  """Full attention over more tokens than its cache holds would silently slide a window."""
+  model = _model("attention")
+  prompt = jnp.ones((1, P), jnp.int32)
+  variables = harness.init_variables(model, jax.random.key(0), prompt)
+  state = model.apply(variables, 1, P - 1, method="init_state")
+  with pytest.raises(ValueError, match=r"6 tokens do not fit a full-attention KV cache of "
+                                       r"capacity 5"):
+    model.apply(variables, prompt, state, method="prefill")
+  model.apply(variables, prompt, model.apply(variables, 1, P, method="init_state"),
+              method="prefill")  # fits

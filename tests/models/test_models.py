@@ -176,8 +176,6 @@ def test_tie_embeddings_comes_from_the_config():
     (lambda: registry.get_pattern(["mingru", "gru"]), r"unknown mixer 'gru'"),
     (lambda: registry.build_mixer("s4d", D, overrides={"d_stat": 4}),
      r"mixer 's4d': unknown option\(s\) d_stat; known: .*d_state"),
-    (lambda: registry.build_mixer("mingru", D, causal=False),
-     r"mixer 'mingru' has no bidirectional form"),
     (lambda: build_model(_model_config("seq2seq"), TaskFacts(vocab_size=VOCAB)),
      r"model.architecture='seq2seq' is unknown; known: classifier, lm"),
     (lambda: build_model(_model_config("lm"), TaskFacts(vocab_size=VOCAB, num_classes=2)),

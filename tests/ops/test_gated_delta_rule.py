@@ -35,7 +35,7 @@ def _inputs(T, seed=0, gate=(0.0, 0.2), dtype=jnp.float64):
 
 def test_reference_is_the_recurrence():
   (q, k, v, beta, g), h0 = _inputs(7)
-  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [3, 3, 3, 3, 3, 3, 3]])
   o, final = gated_delta_rule(q, k, v, beta, g, scale=0.7, initial_state=h0,
                               segment_ids=segment_ids, impl="reference")
   q_, k_, v_, beta_, g_, ids = map(np.asarray, (q, k, v, beta, g, segment_ids))
@@ -96,7 +96,7 @@ def test_deltanet_without_gate():
 def test_packed_equals_alone(impl):
   xs, h0 = _inputs(100, seed=2)
   segment_ids = harness.packed_segment_ids(B, 100, seed=3)
-  segment_ids = segment_ids.at[0, :10].set(0)  # id 0 (padding) is just another segment
+  segment_ids = segment_ids.at[0, :10].set(0)  # id 0: padding, zeroed (as run alone)
   harness.assert_packed_equals_alone(_op(impl), xs, h0, segment_ids)
 
 

@@ -33,7 +33,7 @@ def _inputs(T, seed=0, gate=(0.0, 0.2), dtype=jnp.float64):
 
 def test_reference_is_the_recurrence():
   (q, k, v, g), h0 = _inputs(7)
-  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [3, 3, 3, 3, 3, 3, 3]])
   o, final = linear_attention(q, k, v, g, scale=0.7, initial_state=h0,
                               segment_ids=segment_ids, impl="reference")
   q_, k_, v_, g_, ids = map(np.asarray, (q, k, v, g, segment_ids))
@@ -83,7 +83,7 @@ def test_without_decay(impl):
 def test_packed_equals_alone(impl):
   xs, h0 = _inputs(100, seed=2)
   segment_ids = harness.packed_segment_ids(B, 100, seed=3)
-  segment_ids = segment_ids.at[0, :10].set(0)  # id 0 (padding) is just another segment
+  segment_ids = segment_ids.at[0, :10].set(0)  # id 0: padding, zeroed (as run alone)
   harness.assert_packed_equals_alone(_op(impl), xs, h0, segment_ids)
 
 

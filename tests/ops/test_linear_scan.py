@@ -62,7 +62,7 @@ def test_linear_reference_is_the_recurrence():
 
 def test_log_reference_is_the_recurrence():
   (log_a, log_b), h0 = _log_inputs(9)
-  segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 5, 5], [0, 0, 1, 1, 1, 1, 1, 1, 1]])
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 5, 5], [3, 3, 1, 1, 1, 1, 1, 1, 1]])
   h, final = log_linear_scan(log_a, log_b, h0, impl="reference", segment_ids=segment_ids)
   want, _ = linear_scan(jnp.exp(log_a), jnp.exp(log_b), h0, impl="reference",
                         segment_ids=segment_ids)

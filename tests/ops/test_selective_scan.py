@@ -42,7 +42,7 @@ def test_reference_is_the_recurrence():
   T, G = 7, 2
   (u, delta, Bm, Cm, z), h0 = _inputs(T, groups=G)
   A, D, delta_bias = _params()
-  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+  segment_ids = jnp.array([[1, 1, 2, 2, 2, 1, 1], [3, 3, 3, 3, 3, 3, 3]])
   y, final = selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, True, h0, segment_ids,
                             impl="reference")
   u_, delta_, A_, B_, C_, D_, z_, bias_, ids = map(
@@ -119,7 +119,7 @@ def test_packed_equals_alone(impl):
   T = 40
   xs, h0 = _inputs(T, groups=2, seed=4)
   segment_ids = harness.packed_segment_ids(B, T, seed=3)
-  segment_ids = segment_ids.at[0, :10].set(0)  # id 0 (padding) is just another segment
+  segment_ids = segment_ids.at[0, :10].set(0)  # id 0: padding, zeroed (as run alone)
   harness.assert_packed_equals_alone(_op(impl, _params(seed=4), chunk_size=16), xs, h0,
                                      segment_ids)
 

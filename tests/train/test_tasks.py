@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import dataclasses
+
 from train.tasks import MQAR, InductionHeads, SelectiveCopying
 
 
@@ -71,3 +73,19 @@ def test_induction_heads_target_follows_the_first_trigger():
 def test_bad_task_options_raise(make, message):
   with pytest.raises(ValueError, match=message):
     make()
+
+
+@dataclasses.dataclass(frozen=True)
+class _OffByOne(MQAR):
+  """MQAR whose data holds the id vocab_size (one past the vocabulary)."""
+
+  def example(self, rng):
+    example = super().example(rng)
+    example["inputs"][-1] = self.vocab_size
+    return example
+
+
+def test_batches_with_ids_outside_the_vocabulary_raise():
+  with pytest.raises(ValueError, match=r"_OffByOne data: token id 32 at index \(0, 63\) is "
+                                       r"outside the vocabulary \[0, 32\)"):
+    _OffByOne(vocab_size=32, num_pairs=4, seq_len=64).dataset("train", 4)[0]

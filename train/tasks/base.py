@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from seqmodels import TaskFacts
+from seqmodels.generate import check_token_ids
 
 
 def generated_examples(make, seed: int, stream: int) -> grain.MapDataset:
@@ -51,7 +52,15 @@ class Task(abc.ABC):
                          f"fewer than the {num_examples} asked for (run.eval_batches * "
                          "run.batch_size)")
       ds = ds[:num_examples]
-    return ds.batch(batch_size, drop_remainder=True)
+    return ds.batch(batch_size, drop_remainder=True).map(self.check_batch)
+
+  def check_batch(self, batch: dict) -> dict:
+    """`batch` unchanged once its token inputs are checked against the vocabulary (a
+    ValueError naming the bad id; min/max of a batch, cheap beside a step)."""
+    if np.issubdtype(batch["inputs"].dtype, np.integer):
+      check_token_ids(batch["inputs"], getattr(self, "vocab_size", None),
+                      f"{type(self).__name__} data")
+    return batch
 
   def model_facts(self) -> TaskFacts:
     """What the architecture (`seqmodels.build_model`) needs to know of this task: causal

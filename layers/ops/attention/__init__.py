@@ -57,6 +57,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = 
     scale: multiplies q; default K**-0.5.
     causal: False attends to the whole segment (no window).
     impl: "reference" (the masked [B, H, T, T] score matrix) | "auto".
+  Non-finite inputs: scores are masked with `where` before the softmax and values reach o_t
+  only where visible (`common.masked_matmul`), so a NaN query, key or value after t, or in
+  another segment (padding), never reaches o_t.
+
   Returns:
     o: [B, T, H, V] in the dtype of v (softmax in float32 or wider).
   """

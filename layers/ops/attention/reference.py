@@ -15,7 +15,8 @@ def masked_attention(q, k, v, mask, scale):
   dtype = common.accumulation_dtype(q, k, v)
   scores = jnp.einsum("bthk,bshk->bhts", q.astype(dtype) * scale, k.astype(dtype))
   weights = jax.nn.softmax(jnp.where(mask[:, None], scores, -jnp.inf), axis=-1)
-  return jnp.einsum("bhts,bshv->bthv", weights, v.astype(dtype))
+  o = common.masked_matmul(weights, mask[:, None], jnp.swapaxes(v.astype(dtype), 1, 2))
+  return jnp.swapaxes(o, 1, 2)
 
 
 def causal_mask(query_pos, key_pos, query_index, key_index, window, causal=True):

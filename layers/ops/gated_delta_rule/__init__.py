@@ -34,6 +34,11 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
       passed between them) | "auto" (common.AUTO_FORMS).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).
+  Non-finite inputs: padding (segment id 0) is zeroed before any product, so garbage there
+  never reaches real tokens; a non-finite input at step s never reaches outputs of earlier
+  chunks. Inside its own chunk it can still spread to earlier steps through 0 * NaN (in the
+  blockwise UT inverse); the reference form keeps it to steps >= s.
+
   Returns:
     o: [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in the accumulation dtype
     (float32 or wider); at T = 0, an empty o and the initial state.

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from layers.ops import _chunk
+from layers.ops import _chunk, common
 
 
 _SUBSTITUTION_BLOCK = 16  # diagonal blocks inverted row by row, larger ones by 2x2 merging
@@ -85,8 +85,8 @@ def chunk(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=32):
     decay = _chunk.chunk_decay(g, resets)
     a = jnp.tril(jnp.einsum("bhik,bhjk->bhij", k, k) * decay.within, -1)
     rhs = v - jnp.einsum("bhck,bhkv->bhcv", k * decay.entry[..., None], state)
-    u = jnp.einsum("bhij,bhjv->bhiv", unit_lower_inverse(beta[..., None] * a),
-                   beta[..., None] * rhs)
+    u = common.masked_matmul(unit_lower_inverse(beta[..., None] * a), decay.mask,
+                             beta[..., None] * rhs)
     return (_chunk.state_update(state, k, u, decay),
             _chunk.chunk_output(q * scale, k, u, decay, state))
 

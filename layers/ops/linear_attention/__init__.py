@@ -29,6 +29,11 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
       (common.AUTO_FORMS).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).
+  Non-finite inputs: padding (segment id 0) is zeroed before any product, so garbage there
+  never reaches real tokens; a non-finite input at step s never reaches outputs before s, in
+  every form (scores are masked with `where` before they meet values, and the products with
+  values and the gate cumsums are masked, `common.masked_matmul`).
+
   Returns:
     o: [B, T, H, V] in v's dtype, and the final state [B, H, K, V] in the accumulation dtype
     (float32 or wider); at T = 0, an empty o and the initial state.

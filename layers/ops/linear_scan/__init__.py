@@ -40,6 +40,9 @@ def linear_scan(a: jax.Array, b: jax.Array, initial_state: jax.Array | None = No
     reverse: run from the last step to the first (h_t = a_t h_{t+1} + b_t); the initial state
       then feeds the last segment and the final state is h at t = 0.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
+  Non-finite inputs: padding (segment id 0) becomes a = 1, b = 0 first, so garbage there
+  never reaches real tokens; a non-finite input at step s reaches only h from s on.
+
   Returns:
     h: [B, T, ...] in the inputs' dtype (complex if the state is), and the final state [B, ...]
     in the accumulation dtype (float32 or wider); at T = 0, an empty h and the initial state.
@@ -57,6 +60,9 @@ def linear_scan(a: jax.Array, b: jax.Array, initial_state: jax.Array | None = No
     return b.astype(out_dtype), h0
   resets = common.broadcast_flags(
       common.segment_starts(segment_ids, batch, length, reverse), a)
+  if segment_ids is not None:  # padding leaves the state unchanged: a = 1, b = 0
+    pad = common.broadcast_flags(segment_ids == 0, a)
+    a, b = jnp.where(pad, 1, a), jnp.where(pad, 0, b)
   h, h_last = form(a, b, h0, resets, reverse=reverse)
   return h.astype(out_dtype), h_last
 

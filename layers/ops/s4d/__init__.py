@@ -106,6 +106,10 @@ def s4d_conv(u: jax.Array, log_dt: jax.Array, A_re: jax.Array, A_im: jax.Array, 
       initial state's response 2 Re(C A_bar^(t+1) x_{-1}), one convolution per segment for
       rows of up to 2 segments, e.g. text + padding; batches with a row of more segments run
       the recurrence, chosen at run time) | "auto" (common.AUTO_FORMS: fft).
+  Non-finite inputs: padding (segment id 0) is zeroed first; the FFT form mixes every
+  position, so a batch with a non-finite u runs the recurrence instead (a NaN at step s then
+  reaches only outputs from s on).
+
   Returns:
     y: [B, T, H] in u's dtype, and the final state x_T: complex [B, H, N/2] (complex64 or
     wider); at T = 0, an empty y and the initial state.
@@ -130,6 +134,7 @@ def s4d_conv(u: jax.Array, log_dt: jax.Array, A_re: jax.Array, A_im: jax.Array, 
     return u, x0
   A_bar, B_bar = reference.discretize(log_dt.astype(dtype), A_re.astype(dtype),
                                       A_im.astype(dtype), discretization)
+  u = common.zero_padding(segment_ids, u)[0]
   y, x_T = form(u.astype(dtype), A_bar, B_bar, C.astype(state_dtype), x0, segment_ids)
   return y.astype(u.dtype), x_T.astype(state_dtype)
 

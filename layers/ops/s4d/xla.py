@@ -36,14 +36,19 @@ def s4d_conv(u, A_bar, B_bar, C, x0, segment_ids):
 
   Rows of at most FFT_SEGMENTS segments (padding is one) are convolved per segment; a batch
   with a row of more segments runs the recurrence (`linear_scan`, impl "auto"), chosen at run
-  time by `lax.cond`.
+  time by `lax.cond`. So does a batch with a non-finite input: the FFT mixes every position
+  of a row, so one NaN would poison the outputs before it too, where the recurrence keeps it
+  to the outputs from it on (the check is one reduction over u; the slow path runs only on
+  inputs that are already broken).
   """
   batch, length, _ = u.shape
   if segment_ids is None:
-    return _per_segment(u, A_bar, B_bar, C, x0, jnp.zeros((batch, length), jnp.int32), 1)
-  index = jnp.cumsum(common.segment_starts(segment_ids, batch, length), axis=1)
-  return lax.cond(jnp.all(index[:, -1] < FFT_SEGMENTS),
-                  lambda: _per_segment(u, A_bar, B_bar, C, x0, index, FFT_SEGMENTS),
+    index, num_segments, fits = jnp.zeros((batch, length), jnp.int32), 1, True
+  else:
+    index = jnp.cumsum(common.segment_starts(segment_ids, batch, length), axis=1)
+    num_segments, fits = FFT_SEGMENTS, jnp.all(index[:, -1] < FFT_SEGMENTS)
+  return lax.cond(fits & jnp.all(jnp.isfinite(u)),
+                  lambda: _per_segment(u, A_bar, B_bar, C, x0, index, num_segments),
                   lambda: reference.s4d_conv(u, A_bar, B_bar, C, x0, segment_ids, "auto"))
 
 

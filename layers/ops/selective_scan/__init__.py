@@ -65,6 +65,10 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
       `chunk_size`, state carried across them, chunks rematerialised) | "auto"
       (common.AUTO_FORMS: reference on CPU, chunk on GPU/TPU).
+  Non-finite inputs: padding (segment id 0) is zeroed first (u, dt, B, C, z), so garbage
+  there never reaches real tokens; a non-finite input at step s never reaches earlier chunks
+  of the chunk form, but may spread inside its own chunk through 0 * NaN.
+
   Returns:
     y: [B, T, Dm] in u's dtype (complex if the initial state is), and the final state h_T
     [B, Dm, N] in the accumulation dtype (float32 or wider); at T = 0, an empty y and the
@@ -81,6 +85,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   state_dtype = common.accumulation_dtype(dtype, initial_state)  # complex with a complex state
   out_dtype = common.output_dtype(u, initial_state)
   delta, A, B, C = (x.astype(dtype) for x in (delta, A, B, C))
+  u, B, C, z = common.zero_padding(segment_ids, u, B, C, z)
   u = u.astype(state_dtype)
   h0 = jnp.zeros((batch, width, state), state_dtype) if initial_state is None else (
       initial_state.astype(state_dtype))
@@ -89,6 +94,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   dt = delta if delta_bias is None else delta + delta_bias.astype(dtype)[None, None]
   if delta_softplus:
     dt = jax.nn.softplus(dt)
+  dt = common.zero_padding(segment_ids, dt)[0]  # padding leaves the state unchanged
   if jnp.ndim(B) == 3:
     B, C = B[:, :, None], C[:, :, None]
   split = functools.partial(rearrange, pattern="... (g c) -> ... g c", g=groups)
