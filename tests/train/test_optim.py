@@ -67,16 +67,24 @@ def test_schedule_warms_up_then_decays():
   np.testing.assert_allclose(float(lr(1000)), opt.lr * opt.final_lr_ratio, rtol=1e-5)
 
 
+def _constant_gradient_updates(opt, total_steps, n, width):
+  """(the lr schedule, the updates of a one-parameter group "w" [width] under n steps of a
+  constant gradient of ones)."""
+  tx, lr = optim.make_optimizer(opt, total_steps, {"w": axes.DEFAULT})
+  params = {"w": jnp.ones(width)}
+  state = tx.init(params)
+  updates = []
+  for _ in range(n):
+    update, state = tx.update({"w": jnp.ones(width)}, state, params)
+    updates.append(update["w"])
+  return lr, updates
+
+
 def test_gradient_accumulation_applies_every_k_steps():
   opt = config_lib.base_config("attention", "tiny").opt
   opt.update(grad_accum_steps=3, warmup_steps=0)
-  tx, _ = optim.make_optimizer(opt, 100, {"w": axes.DEFAULT})
-  params = {"w": jnp.ones(4)}
-  state = tx.init(params)
-  changed = []
-  for _ in range(6):
-    updates, state = tx.update({"w": jnp.ones(4)}, state, params)
-    changed.append(bool(jnp.any(updates["w"] != 0)))
+  _, updates = _constant_gradient_updates(opt, 100, 6, 4)
+  changed = [bool(jnp.any(u != 0)) for u in updates]
   assert changed == [False, False, True, False, False, True]
 
 
@@ -85,14 +93,8 @@ def test_accumulation_schedules_updates_and_logs_the_applied_lr():
   step is the one its update applies (Adam's step on a constant gradient is -lr)."""
   opt = config_lib.base_config("attention", "tiny").opt
   opt.update(grad_accum_steps=2, warmup_steps=10, weight_decay=0.0, eps=1e-12)
-  tx, lr = optim.make_optimizer(opt, 50, {"w": axes.DEFAULT})
-  params = {"w": jnp.ones(1)}
-  state = tx.init(params)
-  applied = []
-  for step in range(50):
-    updates, state = tx.update({"w": jnp.ones(1)}, state, params)
-    if step % 2:
-      applied.append((step, -float(updates["w"][0])))
+  lr, updates = _constant_gradient_updates(opt, 50, 50, 1)
+  applied = [(step, -float(u[0])) for step, u in enumerate(updates) if step % 2]
   assert len(applied) == 25
   for step, value in applied:
     np.testing.assert_allclose(float(lr(step)), value, rtol=1e-5, atol=1e-9)
