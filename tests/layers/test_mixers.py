@@ -1,7 +1,6 @@
 """Every causal sequence mixer: step-by-step and prefill + step equal the whole sequence, two
 calls with the carried state equal one, causality by gradients, packed == alone, and clear
 errors on wrong input shapes."""
-import jax
 import jax.numpy as jnp
 import pytest
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from layers.ops import _chunk, common
 from layers.ops.linear_attention import reference, xla
