@@ -21,8 +21,10 @@ Option names mean one thing in every mixer:
   expand      E = expand * D, the inner width               Mamba, Mamba2, BaseConv, minGRU/LSTM
   d_state     N, the state size per channel                 S4D (N/2 complex modes), Mamba(2)
   conv_width  W, taps of the short causal convolution       Mamba, Mamba2, BaseConv, GDN
-  impl        the op form (layers.ops.common.IMPLS)         every mixer that calls a scan op
-  chunk_size  C of the chunked op forms                     Mamba(2), RetNet, Based, GDN
+  impl        the op form (layers.ops.common.IMPLS)         every mixer that calls a scan op,
+                                                            Attention
+  chunk_size  C of the chunked op forms                     Mamba(2), RetNet, Based, GDN,
+                                                            Attention (its blockwise block)
 
 (GDN: GatedDeltaNet and DeltaNet.)
 """

@@ -31,6 +31,8 @@ class Attention(nn.Module):
   window: int | None = None
   causal: bool = True
   rotary_base: float = 10000.0
+  impl: str = "auto"  # the attention op's form: "reference" | "blockwise" | "auto"
+  chunk_size: int | None = None  # the blockwise form's block (None: the op's default)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -70,7 +72,8 @@ class Attention(nn.Module):
       if state is not None:
         raise ValueError("Attention: the bidirectional form (causal=False) takes no state")
       q, k, v = self._qkv(x, positions)
-      o = attention(q, k, v, window=None, segment_ids=index, causal=False)
+      o = attention(q, k, v, window=None, segment_ids=index, causal=False, impl=self.impl,
+                    chunk_size=self.chunk_size)
       return self.out_proj(o), None
     if state is not None:  # the first segment continues at the cache's next position
       capacity = state["k"].shape[1]
@@ -81,7 +84,8 @@ class Attention(nn.Module):
       positions = positions + jnp.where(index == 0, state["pos"][:, None], 0)
     q, k, v = self._qkv(x, positions)
     capacity = (self.window or T) if state is None else None
-    o, cache = attention_prefill(q, k, v, state, capacity=capacity, segment_ids=index)
+    o, cache = attention_prefill(q, k, v, state, capacity=capacity, segment_ids=index,
+                                 impl=self.impl, chunk_size=self.chunk_size)
     return self.out_proj(o), cache
 
   def init_state(self, batch_size: int, max_len: int) -> dict:

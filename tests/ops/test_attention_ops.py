@@ -175,3 +175,56 @@ def test_gradients_are_finite_with_segments():
 def test_bad_inputs_raise(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+TB = 37  # not a multiple of the block sizes below
+
+
+@pytest.mark.parametrize("window, causal, chunk_size", [(None, True, 4), (5, True, 4),
+                                                        (5, True, 16), (None, False, 8)])
+def test_blockwise_equals_the_dense_softmax(window, causal, chunk_size):
+  """Outputs and the gradients of q, k, v (one vjp), packed rows, T not a multiple of the
+  block; a window of 5 with blocks of 4 makes the blockwise form skip blocks."""
+  q, k, v = _qkv(TB, seed=3)
+  segment_ids = harness.packed_segment_ids(B, TB, seed=4)
+  run = lambda impl: jax.vjp(lambda *x: attention(*x, window=window, segment_ids=segment_ids,
+                                                  causal=causal, impl=impl,
+                                                  chunk_size=chunk_size), q, k, v)
+  (o_ref, vjp_ref), (o, vjp) = run("reference"), run("blockwise")
+  harness.assert_close(o, o_ref, 1e-12, "outputs")
+  d_o = harness.rand(9, o.shape)
+  for name, got, want in zip("qkv", vjp(d_o), vjp_ref(d_o)):
+    harness.assert_close(got, want, 1e-12, f"d{name}")
+
+
+@pytest.mark.parametrize("capacity, split", [(4, 6), (T + 3, 5)])
+def test_blockwise_prefill_equals_the_dense_prefill(capacity, split):
+  """Into a cache filled by decoding (keys = C cached + T new, blocks of 4) and fresh."""
+  q, k, v = _qkv()
+  segment_ids = jnp.asarray([[1] * 3 + [2] * (T - split - 3), [1] * (T - split)])
+
+  @jax.jit
+  def both(q, k, v):
+    _, cache = _decode(q[:, :split], k[:, :split], v[:, :split],
+                       init_cache(B, capacity, H, K, V, jnp.float64))
+    rest = tuple(x[:, split:] for x in (q, k, v))
+    return [(attention_prefill(*rest, cache, segment_ids=segment_ids, impl=impl, chunk_size=4),
+             attention_prefill(q, k, v, capacity=capacity, impl=impl, chunk_size=4))
+            for impl in ("reference", "blockwise")]
+
+  want, got = both(q, k, v)
+  for (o, cache), (o_ref, cache_ref), what in zip(got, want, ("continued", "fresh")):
+    harness.assert_close(o, o_ref, 1e-12, f"{what}: outputs")
+    for key in ("k", "v", "pos"):
+      np.testing.assert_array_equal(cache[key], cache_ref[key])
+
+
+def test_blockwise_memory_grows_with_T_times_the_block_not_T_squared():
+  T_long, block = 2048, 128
+  x = jnp.zeros((1, T_long, 1, 8), jnp.float32)
+  loss = lambda impl: lambda q: jnp.sum(attention(q, q, q, impl=impl, chunk_size=block))
+  temp = {impl: jax.jit(jax.grad(loss(impl))).lower(x).compile().memory_analysis()
+          .temp_size_in_bytes for impl in ("reference", "blockwise")}
+  scores = T_long * T_long * 4
+  assert temp["reference"] >= scores, temp
+  assert temp["blockwise"] < scores / 16, temp

@@ -15,6 +15,10 @@ def test_auto_follows_the_platform_table(monkeypatch):
   assert jax.default_backend() == "cpu"
   assert common.resolve_impl("linear_scan", "auto") == "reference"
   assert common.resolve_impl("linear_attention", "auto") == "chunk"
+  threshold, long_form = common.LONG_FORMS["attention"]
+  assert common.resolve_impl("attention", "auto", length=threshold - 1) == "reference"
+  assert common.resolve_impl("attention", "auto", length=threshold) == long_form == "blockwise"
+  assert common.resolve_impl("attention", "reference", length=threshold) == "reference"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert common.resolve_impl("linear_scan", "auto") == "associative"
   assert common.resolve_impl("linear_scan", "reference") == "reference"
@@ -50,6 +54,7 @@ def test_every_registered_op_is_public_and_auto_resolves_to_its_forms():
   for op, forms in common.FORMS.items():
     for column in ("cpu", "accelerator"):
       assert common.AUTO_FORMS[op][column] in forms, (op, column)
+    assert op not in common.LONG_FORMS or common.LONG_FORMS[op][1] in forms, op
 
 
 @pytest.mark.parametrize("folder", sorted(

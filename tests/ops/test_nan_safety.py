@@ -35,7 +35,8 @@ _S4D = (jnp.log(harness.rand(21, (D,), low=1e-3, high=1e-1)),
         harness.rand(23, (D, N // 2), jnp.complex128))
 
 OPS = {
-    "attention": lambda x, s, impl: attention(x["q"], x["k"], x["v"], segment_ids=s, impl=impl),
+    "attention": lambda x, s, impl: attention(x["q"], x["k"], x["v"], segment_ids=s, impl=impl,
+                                              chunk_size=8),
     "linear_attention": lambda x, s, impl: linear_attention(
         x["q"], x["k"], x["v"], x["g"], segment_ids=s, impl=impl, chunk_size=8)[0],
     "gated_delta_rule": lambda x, s, impl: gated_delta_rule(
@@ -45,7 +46,7 @@ OPS = {
         x["u"], x["delta"], _A, x["Bs"], x["Cs"], segment_ids=s, impl=impl, chunk_size=8)[0],
     "s4d_conv": lambda x, s, impl: s4d_conv(x["u"], *_S4D, segment_ids=s, impl=impl)[0],
 }
-FORMS = [("attention", "reference"),
+FORMS = [("attention", "reference"), ("attention", "blockwise"),
          ("linear_attention", "reference"), ("linear_attention", "parallel"),
          ("linear_attention", "chunk"),
          ("gated_delta_rule", "reference"), ("gated_delta_rule", "chunk"),

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from layers.ops import common
-from layers.ops.attention import reference
+from layers.ops.attention import reference, xla
 
-common.register("attention", {"reference": reference.attention})
-common.register("attention_prefill", {"reference": reference.attention_prefill})
+common.register("attention", {"reference": reference.attention, "blockwise": xla.attention})
+common.register("attention_prefill", {"reference": reference.attention_prefill,
+                                      "blockwise": xla.attention_prefill})
 
 
 def _inputs(op, q, k, v, step=False):
@@ -44,7 +45,8 @@ def _check_cache(op, cache, batch, heads, key_dim, value_dim):
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = None,
               segment_ids: jax.Array | None = None, scale: float | None = None,
-              causal: bool = True, impl: str = "auto") -> jax.Array:
+              causal: bool = True, impl: str = "auto",
+              chunk_size: int | None = None) -> jax.Array:
   """Softmax attention o_t = sum_{s in M(t)} softmax_s(scale q_t.k_s) v_s.
 
   Causal: M(t) = {s <= t, t - s < window (when given), segment_ids[s] == segment_ids[t]};
@@ -56,7 +58,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = 
     segment_ids: [B, T] int; tokens attend only within their own segment.
     scale: multiplies q; default K**-0.5.
     causal: False attends to the whole segment (no window).
-    impl: "reference" (the masked [B, H, T, T] score matrix) | "auto".
+    impl: "reference" (the masked [B, H, T, T] score matrix) | "blockwise" (an online softmax
+      over key blocks, O(T * chunk_size) memory; a window visits only the blocks it reaches)
+      | "auto" (blockwise from T = LONG_FORMS["attention"] on).
+    chunk_size: the blockwise form's block of queries and keys (default xla.BLOCK).
   Non-finite inputs: scores are masked with `where` before the softmax and values reach o_t
   only where visible (`common.masked_matmul`), so a NaN query, key or value after t, or in
   another segment (padding), never reaches o_t.
@@ -71,7 +76,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = 
   if window is not None and (window < 1 or not causal):
     raise ValueError(f"{op}: window must be a positive int or None, and None when "
                      f"causal=False; got window={window}, causal={causal}")
-  form = common.dispatch(op, impl)
+  form = common.dispatch(op, impl, chunk_size=chunk_size, length=T)
   if T == 0:
     return v
   scale = K ** -0.5 if scale is None else scale
@@ -113,8 +118,8 @@ def attention_step(q_t: jax.Array, k_t: jax.Array, v_t: jax.Array, cache: dict, 
 
 def attention_prefill(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | None = None, *,
                       capacity: int | None = None, segment_ids: jax.Array | None = None,
-                      scale: float | None = None,
-                      impl: str = "auto") -> tuple[jax.Array, dict]:
+                      scale: float | None = None, impl: str = "auto",
+                      chunk_size: int | None = None) -> tuple[jax.Array, dict]:
   """Runs T tokens into a KV cache of capacity C: the whole-sequence form of T
   `attention_step`s.
 
@@ -129,7 +134,10 @@ def attention_prefill(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | No
       keys (the training path: attention with window = capacity).
     segment_ids: [B, T] int.
     scale: multiplies q; default K**-0.5.
-    impl: "reference" (scores against the C cached and T new keys) | "auto".
+    impl: "reference" (scores against the C cached and T new keys) | "blockwise" (the same
+      mask block by block) | "auto" (blockwise once the keys scored reach
+      LONG_FORMS["attention_prefill"]).
+    chunk_size: the blockwise form's block (default xla.BLOCK).
   Returns:
     o: [B, T, H, V] in the dtype of v, and the cache after the last token: the last segment's
     last C tokens at slots position % C (as if that segment ran alone after the cache when it
@@ -149,7 +157,8 @@ def attention_prefill(q: jax.Array, k: jax.Array, v: jax.Array, cache: dict | No
     raise ValueError(f"{op}: capacity is the given cache's; pass capacity only with cache=None")
   _check_cache(op, cache, B, H, K, V)
   segment_ids = common.as_segment_ids(op, segment_ids, B, T)
-  form = common.dispatch(op, impl)
+  keys = T if empty else T + jnp.shape(cache["k"])[1]
+  form = common.dispatch(op, impl, chunk_size=chunk_size, length=keys)
   if T == 0:
     return v, cache
   scale = K ** -0.5 if scale is None else scale

@@ -31,13 +31,22 @@ def causal_mask(query_pos, key_pos, query_index, key_index, window, causal=True)
   return mask
 
 
+def attend(q, k, v, q_pos, k_pos, q_index, k_index, window, scale, causal=True, offset=0):
+  """masked_attention under causal_mask(q_pos, k_pos, q_index, k_index, window, causal): the
+  signature the blockwise form shares (`offset`, where query t sits among the keys, is what
+  lets it skip blocks; the dense mask does not need it)."""
+  del offset
+  return masked_attention(q, k, v, causal_mask(q_pos, k_pos, q_index, k_index, window, causal),
+                          scale)
+
+
 def attention(q, k, v, window, segment_ids, scale, causal=True):
   """Softmax attention over [B, T, ...]: causal (with an optional window) or bidirectional,
   within segments."""
   B, T = q.shape[:2]
   index, _ = common.segment_positions(segment_ids, B, T)
   t = jnp.broadcast_to(jnp.arange(T), (B, T))
-  return masked_attention(q, k, v, causal_mask(t, t, index, index, window, causal), scale)
+  return attend(q, k, v, t, t, index, index, window, scale, causal)
 
 
 def attention_step(q_t, k_t, v_t, cache, scale):
@@ -65,17 +74,18 @@ def write_cache(cache, k, v, index, positions):
           "pos": (positions[:, -1] + 1).astype(cache["pos"].dtype)}
 
 
-def attention_prefill(q, k, v, cache, segment_ids, scale, empty=False):
+def attention_prefill(q, k, v, cache, segment_ids, scale, empty=False, attend=attend):
   """T tokens into a cache of capacity C: each row's first segment continues the cache (its
   positions start at pos), later segments start empty; a token at position p sees positions
   p - C + 1 .. p of its segment. `empty` (static): the cache holds nothing, so only the T new
-  keys are scored. Returns (o: [B, T, H, V], the cache after the last token)."""
+  keys are scored. `attend`: how the masked softmax is computed (dense here, blockwise in
+  xla.py). Returns (o: [B, T, H, V], the cache after the last token)."""
   B, T = q.shape[:2]
   C = cache["k"].shape[1]
   index, positions = common.segment_positions(segment_ids, B, T)
   if empty:
-    mask = causal_mask(positions, positions, index, index, C)
-    return masked_attention(q, k, v, mask, scale), write_cache(cache, k, v, index, positions)
+    o = attend(q, k, v, positions, positions, index, index, C, scale)
+    return o, write_cache(cache, k, v, index, positions)
   positions = positions + jnp.where(index == 0, cache["pos"][:, None], 0)
   # The cache in position order: entry j holds position pos - C + j (none if negative).
   cache_positions = cache["pos"][:, None] + jnp.arange(C)[None] - C
@@ -84,6 +94,5 @@ def attention_prefill(q, k, v, cache, segment_ids, scale, empty=False):
   key_index = jnp.concatenate([jnp.where(cache_positions >= 0, 0, -1), index], axis=1)
   key_positions = jnp.concatenate([cache_positions, positions], axis=1)
   k, v = jnp.concatenate([old_k, k], axis=1), jnp.concatenate([old_v, v], axis=1)
-  mask = causal_mask(positions, key_positions, index, key_index, C)
-  o = masked_attention(q, k, v, mask, scale)
+  o = attend(q, k, v, positions, key_positions, index, key_index, C, scale, offset=C)
   return o, write_cache(cache, k, v, key_index, key_positions)
