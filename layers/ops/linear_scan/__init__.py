@@ -10,7 +10,8 @@ from layers.ops.linear_scan import reference, xla
 common.register("linear_scan", {"reference": reference.linear_scan,
                                 "associative": xla.linear_scan})
 common.register("log_linear_scan", {"reference": reference.log_linear_scan,
-                                    "associative": xla.log_linear_scan})
+                                    "associative": xla.log_linear_scan,
+                                    "compensated": xla.log_linear_scan_compensated})
 
 
 def _check_inputs(op, x1_name, x1, x2_name, x2, initial_state, segment_ids):
@@ -79,7 +80,9 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array,
     initial_state: the linear h_{-1} >= 0, real, [B, ...] (h_{-1} = 0 when None); it feeds the
       first segment of each row, later segments start from zero.
     impl: "reference" (lax.scan) | "associative" (lax.associative_scan on
-      (a1 + a2, logaddexp(b1 + a2, b2)) with reset flags) | "auto" (common.AUTO_FORMS).
+      (a1 + a2, logaddexp(b1 + a2, b2)) with reset flags) | "compensated" (lax.scan summing
+      log h with Kahan compensation: float32 stays accurate when log_a is tiny next to log h)
+      | "auto" (common.AUTO_FORMS).
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
   Returns:
     h: [B, T, ...] linear, in the inputs' dtype; final state [B, ...] linear, float32 or wider;
