@@ -1,5 +1,6 @@
 """selective_scan: the sequential reference (lax.scan) vs the chunk form (associative scan
-within chunks, rematerialised), as Mamba calls it (delta_bias, softplus, D, z, initial state).
+within chunks, rematerialised) and the checkpointed form (the sequential scan within
+rematerialised chunks), as Mamba calls it (delta_bias, softplus, D, z, initial state).
 
   python -m benchmarks.selective_scan [--quick] [--out benchmarks/results/selective_scan.json]
 
@@ -17,7 +18,7 @@ from benchmarks import common
 from layers.ops import selective_scan
 
 DM, N = 512, 16
-FORMS = ("reference", "chunk")
+FORMS = ("reference", "chunk", "checkpointed")
 
 
 def _inputs(batch, T):

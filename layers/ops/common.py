@@ -14,9 +14,9 @@ import jax.numpy as jnp
 
 AUTO = "auto"
 # Every form name an op may offer; `impl` takes one of these.
-IMPLS = ("reference", "associative", "compensated", "parallel", "chunk", "blockwise", "fft",
-         "product", "pallas", AUTO)
-CHUNKED = ("chunk", "blockwise")  # forms that take `chunk_size`
+IMPLS = ("reference", "associative", "compensated", "parallel", "chunk", "checkpointed",
+         "blockwise", "fft", "product", "pallas", AUTO)
+CHUNKED = ("chunk", "checkpointed", "blockwise")  # forms that take `chunk_size`
 ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 # What "auto" means, per op and platform ("cpu" or "accelerator"): the fastest form measured
@@ -30,9 +30,11 @@ AUTO_FORMS: dict[str, dict[str, str]] = {
     # T = 16384) with float64-level accuracy in float32 (2.8e-7 against the plain scan's 6e-4
     # at a = 1 - 1e-4; benchmarks/scan.py)
     "log_linear_scan": {"cpu": "compensated", "accelerator": "associative"},
-    # CPU: the sequential scan is 5-9x faster forward and 3.7-5.4x forward+backward
-    # (benchmarks/selective_scan.py); chunk plans 7x less backward memory at T >= 4096.
-    "selective_scan": {"cpu": "reference", "accelerator": "chunk"},
+    # CPU: the sequential scan is 5-9x faster than the associative chunk form; checkpointed
+    # (the sequential scan in rematerialised chunks of 64) keeps its forward and is 3.5x
+    # faster forward+backward than the plain scan at T = 1024 and 4096 with 7x less temporary
+    # memory: one chunk's residuals stay in cache (benchmarks/selective_scan.py).
+    "selective_scan": {"cpu": "checkpointed", "accelerator": "chunk"},
     # chunk is as fast as parallel at T = 128 and faster beyond (benchmarks/linear_attention.py)
     "linear_attention": {"cpu": "chunk", "accelerator": "chunk"},
     "gated_delta_rule": {"cpu": "chunk", "accelerator": "chunk"},

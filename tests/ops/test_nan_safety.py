@@ -52,6 +52,7 @@ FORMS = [("attention", "reference"), ("attention", "blockwise"),
          ("gated_delta_rule", "reference"), ("gated_delta_rule", "chunk"),
          ("linear_scan", "reference"), ("linear_scan", "associative"),
          ("selective_scan", "reference"), ("selective_scan", "chunk"),
+         ("selective_scan", "checkpointed"),
          ("s4d_conv", "reference"), ("s4d_conv", "fft")]
 
 

@@ -1,4 +1,4 @@
-"""selective_scan: the chunk form against the lax.scan oracle (outputs, final state and the
+"""selective_scan: the chunk and checkpointed forms against the lax.scan oracle (outputs, final state and the
 gradients of every input), and the oracle against the S6 recurrence written out in numpy."""
 import jax
 import jax.numpy as jnp
@@ -62,13 +62,14 @@ def test_reference_is_the_recurrence():
   np.testing.assert_allclose(y, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("T, groups", CASES)
-def test_chunk_matches_reference(T, groups):
+@pytest.mark.parametrize("impl, T, groups", [("chunk", *case) for case in CASES]
+                         + [("checkpointed", *CASES[i]) for i in (0, 3, 4)])
+def test_chunked_forms_match_reference(impl, T, groups):
   xs, h0 = _inputs(T, groups)
   params = _params()
   segment_ids = harness.packed_segment_ids(B, T) if T > 3 else None
-  harness.assert_form_matches_reference(_op("chunk", params), _op("reference", params), xs, h0,
-                                        segment_ids, what=f"chunk T={T} G={groups}")
+  harness.assert_form_matches_reference(_op(impl, params), _op("reference", params), xs, h0,
+                                        segment_ids, what=f"{impl} T={T} G={groups}")
 
 
 def test_gradients_of_A_D_and_delta_bias():
@@ -83,18 +84,19 @@ def test_gradients_of_A_D_and_delta_bias():
       return (y * cotangent[0]).sum() + (final * cotangent[1]).sum()
     return jax.jit(jax.grad(loss))(_params(seed=1))
 
-  harness.assert_close(grads("chunk"), grads("reference"), harness.GRAD_TOL,
-                       "gradients of (A, D, delta_bias)")
+  for impl in ("chunk", "checkpointed"):
+    harness.assert_close(grads(impl), grads("reference"), harness.GRAD_TOL,
+                         f"{impl}: gradients of (A, D, delta_bias)")
 
 
-@pytest.mark.parametrize("chunk_size", [8, 32])
-def test_chunk_sizes(chunk_size):
+@pytest.mark.parametrize("impl, chunk_size", [("chunk", 8), ("chunk", 32), ("checkpointed", 8)])
+def test_chunk_sizes(impl, chunk_size):
   T = 100
   xs, h0 = _inputs(T, groups=2, seed=2)
   params = _params(seed=2)
   harness.assert_form_matches_reference(
-      _op("chunk", params, chunk_size), _op("reference", params), xs, h0,
-      harness.packed_segment_ids(B, T, seed=2, num_segments=5), what=f"chunk C={chunk_size}")
+      _op(impl, params, chunk_size), _op("reference", params), xs, h0,
+      harness.packed_segment_ids(B, T, seed=2, num_segments=5), what=f"{impl} C={chunk_size}")
 
 
 def test_without_optional_inputs():
@@ -114,7 +116,7 @@ def test_without_optional_inputs():
                          f"step {t}")
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "checkpointed"])
 def test_packed_equals_alone(impl):
   T = 40
   xs, h0 = _inputs(T, groups=2, seed=4)
@@ -124,7 +126,7 @@ def test_packed_equals_alone(impl):
                                      segment_ids)
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "checkpointed"])
 def test_carried_state_equals_one_pass(impl):
   xs, h0 = _inputs(100, seed=5)
   harness.assert_carry_equals_one_pass(_op(impl, _params(seed=5), chunk_size=32), xs, h0,
@@ -186,7 +188,7 @@ def _call(u=(2, 5, 4), delta=None, A=(4, 3), Bm=(2, 5, 3), Cm=None, D=None, z=No
     (_call(segment_ids=((2, 4), jnp.int32)), r"segment_ids must have shape \[B, T\]"),
     (_call(segment_ids=((2, 5),)), r"segment_ids must be an integer"),
     (_call(impl="associative"), r"unknown impl='associative'; expected one of 'reference', "
-                                r"'chunk', 'auto'"),
+                                r"'chunk', 'checkpointed', 'auto'"),
     (_call(chunk_size=0), r"chunk_size must be a positive int"),
 ])
 def test_bad_inputs_raise(call, message):

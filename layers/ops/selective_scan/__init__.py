@@ -10,7 +10,8 @@ from einops import rearrange
 from layers.ops import common
 from layers.ops.selective_scan import reference, xla
 
-common.register("selective_scan", {"reference": reference.selective_scan, "chunk": xla.chunk})
+common.register("selective_scan", {"reference": reference.selective_scan, "chunk": xla.chunk,
+                                   "checkpointed": xla.checkpointed})
 
 
 def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -63,8 +64,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
       row, later segments start from zero.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
-      `chunk_size`, state carried across them, chunks rematerialised) | "auto"
-      (common.AUTO_FORMS: reference on CPU, chunk on GPU/TPU).
+      `chunk_size`, state carried across them, chunks rematerialised) | "checkpointed" (the
+      sequential scan within chunks, rematerialised) | "auto" (common.AUTO_FORMS:
+      checkpointed on CPU, chunk on GPU/TPU).
   Non-finite inputs: padding (segment id 0) is zeroed first (u, dt, B, C, z), so garbage
   there never reaches real tokens; a non-finite input at step s never reaches earlier chunks
   of the chunk form, but may spread inside its own chunk through 0 * NaN.

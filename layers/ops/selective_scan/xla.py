@@ -3,6 +3,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from layers.ops import _chunk
+from layers.ops.selective_scan import reference
 from layers.ops.linear_scan import xla as linear_scan_xla
 
 
@@ -25,5 +26,20 @@ def chunk(u, dt, A, B, C, h0, resets, chunk_size):
     h, final = linear_scan_xla.linear_scan(row(a), row(b), state.reshape(1, -1), row(resets))
     y = jnp.einsum("lbgcn,bgln->bglc", h.reshape(a.shape), C)
     return final.reshape(state.shape), y
+
+  return _chunk.scan_chunks(body, h0, (u, dt, B, C, resets[..., None]), chunk_size)
+
+
+def checkpointed(u, dt, A, B, C, h0, resets, chunk_size):
+  """`reference.selective_scan` run chunk by chunk (same arguments and results): the
+  sequential scan inside chunks of C steps, the state carried across them, each chunk
+  recomputed from its entry state in the backward pass, so only the T / C entry states are
+  kept instead of the reference's T per-step residuals (and one chunk's residuals stay in
+  cache while its backward runs).
+  """
+  def body(state, xs):
+    u, dt, B, C, resets = (jnp.swapaxes(x, 1, 2) for x in xs)  # [B, C, G, ...]
+    y, final = reference.selective_scan(u, dt, A, B, C, state, resets[..., 0])
+    return final, jnp.swapaxes(y, 1, 2)
 
   return _chunk.scan_chunks(body, h0, (u, dt, B, C, resets[..., None]), chunk_size)
