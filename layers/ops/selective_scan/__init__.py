@@ -87,9 +87,13 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   dtype = common.accumulation_dtype(u, delta, A, B, C, D, z, delta_bias)
   state_dtype = common.accumulation_dtype(dtype, initial_state)  # complex with a complex state
   out_dtype = common.output_dtype(u, initial_state)
-  delta, A, B, C = (x.astype(dtype) for x in (delta, A, B, C))
+  fused = common.resolve_impl(op, impl) == "pallas"  # the kernel applies D and z itself
+  # ... and reads bfloat16 u, B, C, z as they are (half the traffic), accumulating in float32
+  narrow = fused and state_dtype == jnp.float32
+  delta, A = delta.astype(dtype), A.astype(dtype)
+  B, C = (x if narrow else x.astype(dtype) for x in (B, C))
   u, B, C, z = common.zero_padding(segment_ids, u, B, C, z)
-  u = u.astype(state_dtype)
+  u = u if narrow else u.astype(state_dtype)
   h0 = jnp.zeros((batch, width, state), state_dtype) if initial_state is None else (
       initial_state.astype(state_dtype))
   if length == 0:
@@ -101,7 +105,6 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   if jnp.ndim(B) == 3:
     B, C = B[:, :, None], C[:, :, None]
   split = functools.partial(rearrange, pattern="... (g c) -> ... g c", g=groups)
-  fused = common.resolve_impl(op, impl) == "pallas"  # the kernel applies D and z itself
   if fused:
     form = functools.partial(form, D=None if D is None else split(D.astype(dtype)),
                              z=None if z is None else split(z))
