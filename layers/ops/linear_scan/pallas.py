@@ -70,13 +70,13 @@ def _scan_kernel(step, num_inputs, num_states, length, reverse, block_t, block_d
     def row_block(i, h):  # index arithmetic in int32 (Mosaic), also under jax_enable_x64
       i = jnp.int32(num_blocks - 1) - i if reverse else i
       start = pl.multiple_of(i * jnp.int32(rows), rows)
-      x = [r[pl.ds(start, rows), :].astype(F32) for r in xs]
+      x = [ref[pl.ds(start, rows), :].astype(F32) for ref in xs]
       out = [jnp.zeros((rows, block_d), F32)] * num_states
       for r in order:
         new = step(h, [v[r:r + 1] for v in x])
         if length % block_t:  # padded steps (past the true length) leave the state as is
           valid = tile * jnp.int32(block_t) + start + jnp.int32(r) < jnp.int32(length)
-          new = tuple(jnp.where(valid, n, old) for n, old in zip(new, h))
+          new = tuple(jnp.where(valid, hk, old) for hk, old in zip(new, h))
         h = new
         out = [jnp.where(row == r, hk, o) for hk, o in zip(h, out)]
       for ref, o in zip(hs_out, out):
