@@ -130,6 +130,19 @@ def test_no_races(kind):
   harness.assert_close(got, want, 1e-5, f"{kind} kernel under race detection")
 
 
+@pytest.mark.slow
+def test_race_detection_catches_a_carry_across_a_parallel_axis(monkeypatch):
+  """The planted bug the race runs exist for: the time axis marked "parallel" (one batch row,
+  so the two simulated cores split time) is reported as a race."""
+  monkeypatch.setattr(_pallas, "tpu_params", lambda *axes: _pallas.pltpu.CompilerParams(
+      dimension_semantics=("parallel",) * len(axes)))
+  (a, b), h0 = _linear_inputs(jnp.float32, shape=(1, 16, _pallas.LANES))
+  with pytest.raises(AssertionError, match="race detected"):
+    with kernels.race_detection() as params:
+      pallas._linear_call(a, b, h0, reverse=False, block_t=8, block_d=_pallas.LANES,
+                          interpret=params)
+
+
 def _export_shapes(dtype, state_dtype=jnp.float32):
   x = jax.ShapeDtypeStruct((kernels.EXPORT_B, kernels.EXPORT_T, kernels.EXPORT_D), dtype)
   h0 = jax.ShapeDtypeStruct((kernels.EXPORT_B, kernels.EXPORT_D), state_dtype)
