@@ -82,6 +82,7 @@ def _race_inputs():
   return args, lay, pallas._kernel_inputs(lay, *args)
 
 
+@pytest.mark.slow
 def test_no_races_forward():
   """Under race detection, uninitialised memory NaN, the forward kernel equals the oracle."""
   (u, dt, z, A, Bm, Cm, D, h0, resets), lay, inputs = _race_inputs()
