@@ -195,4 +195,5 @@ def test_auto_picks_the_kernel_only_where_verified(monkeypatch):
   assert common.resolve_impl("linear_scan", "auto") == "pallas"
   assert common.resolve_impl("gated_delta_rule", "auto") == "chunk"  # no kernel: XLA form
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  assert common.resolve_impl("log_linear_scan", "auto") == "reference"
+  assert common.resolve_impl("log_linear_scan", "auto") == common.AUTO_FORMS[
+      "log_linear_scan"]["cpu"]
