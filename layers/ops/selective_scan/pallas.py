@@ -313,7 +313,7 @@ def _fused_fwd(u, dt, z, A, B, C, D, h0, resets, block_t, block_d):
   args = _kernel_inputs(lay, u, dt, z, A, B, C, D, h0, resets)
   call = functools.partial(_forward_call, lay=lay)
   y, final, entries = _pallas.on_platform(
-      "selective_scan", *args, tpu=lambda *a, interpret: call(*a, interpret=interpret))
+      "selective_scan", *args, tpu=call)
   out = (lay.unchannels(y), lay.unstates(final))
   return out, (u, dt, z, A, B, C, D, h0, resets, entries)
 
@@ -327,7 +327,7 @@ def _fused_bwd(block_t, block_d, residuals, cotangents):
   outs = _pallas.on_platform(
       "selective_scan", u_, dt_, z_, Bc, Cc, A_, D_, flags, entries, lay.channels(dy),
       lay.states(dfinal.astype(F32)),
-      tpu=lambda *a, interpret: call(*a, interpret=interpret))
+      tpu=call)
   du, ddt, *outs = outs
   dz = outs.pop(0) if z is not None else None
   dB, dC, dA, dD, dh0 = outs
