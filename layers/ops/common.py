@@ -20,8 +20,8 @@ CHUNKED = ("chunk", "checkpointed", "blockwise")  # forms that take `chunk_size`
 ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 # What "auto" means, per op and platform ("cpu" or "accelerator"): the fastest form measured
-# there (benchmarks/). Pallas kernels join a platform's column only once that platform's
-# hardware-marked tests have passed on it.
+# there (benchmarks/). A Pallas kernel overrides them only on a device listed in
+# `_pallas.VERIFIED` (where the hardware-marked tests have passed).
 AUTO_FORMS: dict[str, dict[str, str]] = {
     # CPU: the sequential scan is 2-10x faster than the associative one at every T measured
     # (benchmarks/scan.py): O(T) work against O(T log T), memory streamed once.
@@ -74,13 +74,18 @@ def register(op: str, forms: Mapping[str, Callable]) -> None:
 
 def resolve_impl(op: str, impl: str, length: int | None = None) -> str:
   """The concrete form name of `op` for `impl`: "auto" looks up AUTO_FORMS for this platform,
-  or LONG_FORMS when `length` (the time steps the op sees) reaches that op's threshold.
+  or LONG_FORMS when `length` (the time steps the op sees) reaches that op's threshold, except
+  that it picks the op's Pallas kernel where `_pallas.VERIFIED` lists the device.
 
   A name that is not among the op's forms (a typo, or a form this op does not have) raises a
   ValueError listing them.
   """
   forms = FORMS[op]
   if impl == AUTO:
+    if platform() == "accelerator" and "pallas" in forms:
+      from layers.ops import _pallas  # the kernels' plumbing: imported only on accelerators
+      if _pallas.verified():
+        return "pallas"
     if op in LONG_FORMS and length is not None and length >= LONG_FORMS[op][0]:
       return LONG_FORMS[op][1]
     return AUTO_FORMS[op][platform()]

@@ -26,7 +26,7 @@ def test_auto_follows_the_platform_table(monkeypatch):
 
 def test_unknown_impl_lists_the_op_forms():
   with pytest.raises(ValueError, match=r"linear_scan: unknown impl='fast'; expected one of "
-                                       r"'reference', 'associative', 'auto'"):
+                                       r"'reference', 'associative', 'pallas', 'auto'"):
     ops.linear_scan(jnp.ones((1, 2, 1)), jnp.ones((1, 2, 1)), impl="fast")
   x = jnp.ones((1, 2, 1, 2))
   with pytest.raises(ValueError, match=r"gated_delta_rule: unknown impl='pallas'; expected one "

@@ -153,7 +153,8 @@ def test_log_scan_stable_at_65536():
     (lambda: linear_scan(jnp.ones((2, 5, 3)), jnp.ones((2, 5, 3)), jnp.ones((2, 4))),
      r"initial_state must have shape \[B, \.\.\.\] = \(2, 3\)"),
     (lambda: linear_scan(jnp.ones((2, 5, 3)), jnp.ones((2, 5, 3)), impl="chunk"),
-     r"unknown impl='chunk'; expected one of 'reference', 'associative', 'auto'"),
+     r"unknown impl='chunk'; expected one of 'reference', 'associative', 'pallas', "
+     r"'auto'"),
     (lambda: linear_scan(jnp.ones((2, 5, 3)), jnp.ones((2, 5, 3)),
                          segment_ids=jnp.ones((2, 4), jnp.int32)), r"segment_ids must have shape"),
     (lambda: linear_scan(jnp.ones((2, 5, 3)), jnp.ones((2, 5, 3)),

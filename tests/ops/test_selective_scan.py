@@ -188,7 +188,7 @@ def _call(u=(2, 5, 4), delta=None, A=(4, 3), Bm=(2, 5, 3), Cm=None, D=None, z=No
     (_call(segment_ids=((2, 4), jnp.int32)), r"segment_ids must have shape \[B, T\]"),
     (_call(segment_ids=((2, 5),)), r"segment_ids must be an integer"),
     (_call(impl="associative"), r"unknown impl='associative'; expected one of 'reference', "
-                                r"'chunk', 'checkpointed', 'auto'"),
+                                r"'chunk', 'checkpointed', 'pallas', 'auto'"),
     (_call(chunk_size=0), r"chunk_size must be a positive int"),
 ])
 def test_bad_inputs_raise(call, message):

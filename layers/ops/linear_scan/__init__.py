@@ -5,13 +5,21 @@ import jax
 import jax.numpy as jnp
 
 from layers.ops import common
-from layers.ops.linear_scan import reference, xla
+from layers.ops.linear_scan import pallas, reference, xla
 
 common.register("linear_scan", {"reference": reference.linear_scan,
-                                "associative": xla.linear_scan})
+                                "associative": xla.linear_scan, "pallas": pallas.linear_scan})
 common.register("log_linear_scan", {"reference": reference.log_linear_scan,
                                     "associative": xla.log_linear_scan,
-                                    "compensated": xla.log_linear_scan_compensated})
+                                    "compensated": xla.log_linear_scan_compensated,
+                                    "pallas": pallas.log_linear_scan})
+
+
+def _accumulation_inputs(op, impl, dtype, *xs):
+  """`xs` cast to the accumulation dtype, except that the Pallas kernels read bfloat16 inputs
+  as they are (half the memory traffic) and accumulate in float32 themselves."""
+  keep = common.resolve_impl(op, impl) == "pallas" and dtype == jnp.float32
+  return tuple(x if keep else x.astype(dtype) for x in xs)
 
 
 def _check_inputs(op, x1_name, x1, x2_name, x2, initial_state, segment_ids):
@@ -36,8 +44,9 @@ def linear_scan(a: jax.Array, b: jax.Array, initial_state: jax.Array | None = No
     a, b: [B, T, ...] real or complex, same shape (array-likes; integers become floats).
     initial_state: h_{-1}, [B, ...] (zeros when None); it feeds the first segment of each row.
       A complex state with real a, b makes the recurrence complex.
-    impl: "reference" (lax.scan) | "associative" (lax.associative_scan) | "auto"
-      (common.AUTO_FORMS: reference on CPU, associative on GPU/TPU).
+    impl: "reference" (lax.scan) | "associative" (lax.associative_scan) | "pallas" (the
+      TPU kernel; interpret mode on CPU) | "auto" (common.AUTO_FORMS: reference on CPU,
+      associative on GPU/TPU, the kernel where `_pallas.VERIFIED` lists the device).
     reverse: run from the last step to the first (h_t = a_t h_{t+1} + b_t); the initial state
       then feeds the last segment and the final state is h at t = 0.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
@@ -54,7 +63,7 @@ def linear_scan(a: jax.Array, b: jax.Array, initial_state: jax.Array | None = No
   form = common.dispatch(op, impl)
   dtype = common.accumulation_dtype(a, b, initial_state)
   out_dtype = common.output_dtype(jnp.result_type(a, b), initial_state)
-  a, b = a.astype(dtype), b.astype(dtype)
+  a, b = _accumulation_inputs(op, impl, dtype, a, b)
   h0 = (jnp.zeros(a.shape[:1] + a.shape[2:], dtype) if initial_state is None
         else initial_state.astype(dtype))
   if length == 0:
@@ -82,7 +91,7 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array,
     impl: "reference" (lax.scan) | "associative" (lax.associative_scan on
       (a1 + a2, logaddexp(b1 + a2, b2)) with reset flags) | "compensated" (lax.scan summing
       log h with Kahan compensation: float32 stays accurate when log_a is tiny next to log h)
-      | "auto" (common.AUTO_FORMS).
+      | "pallas" (the TPU kernel; interpret mode on CPU) | "auto" (common.AUTO_FORMS).
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
   Returns:
     h: [B, T, ...] linear, in the inputs' dtype; final state [B, ...] linear, float32 or wider;
@@ -99,7 +108,7 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array,
   form = common.dispatch(op, impl)
   dtype = common.accumulation_dtype(log_a, log_b, initial_state)
   out_dtype = jnp.result_type(log_a, log_b)
-  log_a, log_b = log_a.astype(dtype), log_b.astype(dtype)
+  log_a, log_b = _accumulation_inputs(op, impl, dtype, log_a, log_b)
   state_shape = log_a.shape[:1] + log_a.shape[2:]
   if length == 0:
     h0 = jnp.zeros(state_shape, dtype) if initial_state is None else initial_state.astype(dtype)

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from layers.ops import common
-from layers.ops.selective_scan import reference, xla
+from layers.ops.selective_scan import pallas, reference, xla
 
 common.register("selective_scan", {"reference": reference.selective_scan, "chunk": xla.chunk,
-                                   "checkpointed": xla.checkpointed})
+                                   "checkpointed": xla.checkpointed,
+                                   "pallas": pallas.selective_scan})
 
 
 def _check_inputs(op, u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -65,8 +66,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
       `chunk_size`, state carried across them, chunks rematerialised) | "checkpointed" (the
-      sequential scan within chunks, rematerialised) | "auto" (common.AUTO_FORMS:
-      checkpointed on CPU, chunk on GPU/TPU).
+      sequential scan within chunks, rematerialised) | "pallas" (the fused TPU kernel, D and z
+      inside; interpret mode on CPU; real inputs) | "auto" (common.AUTO_FORMS: checkpointed on
+      CPU, chunk on GPU/TPU, the kernel where `_pallas.VERIFIED` lists the device).
   Non-finite inputs: padding (segment id 0) is zeroed first (u, dt, B, C, z), so garbage
   there never reaches real tokens; a non-finite input at step s never reaches earlier chunks
   of the chunk form, but may spread inside its own chunk through 0 * NaN.
@@ -86,9 +88,13 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   dtype = common.accumulation_dtype(u, delta, A, B, C, D, z, delta_bias)
   state_dtype = common.accumulation_dtype(dtype, initial_state)  # complex with a complex state
   out_dtype = common.output_dtype(u, initial_state)
-  delta, A, B, C = (x.astype(dtype) for x in (delta, A, B, C))
+  fused = common.resolve_impl(op, impl) == "pallas"  # the kernel applies D and z itself
+  # ... and reads bfloat16 u, B, C, z as they are (half the traffic), accumulating in float32
+  narrow = fused and state_dtype == jnp.float32
+  delta, A = delta.astype(dtype), A.astype(dtype)
+  B, C = (x if narrow else x.astype(dtype) for x in (B, C))
   u, B, C, z = common.zero_padding(segment_ids, u, B, C, z)
-  u = u.astype(state_dtype)
+  u = u if narrow else u.astype(state_dtype)
   h0 = jnp.zeros((batch, width, state), state_dtype) if initial_state is None else (
       initial_state.astype(state_dtype))
   if length == 0:
@@ -100,12 +106,15 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
   if jnp.ndim(B) == 3:
     B, C = B[:, :, None], C[:, :, None]
   split = functools.partial(rearrange, pattern="... (g c) -> ... g c", g=groups)
+  if fused:
+    form = functools.partial(form, D=None if D is None else split(D.astype(dtype)),
+                             z=None if z is None else split(z))
   y, final = form(split(u), split(dt), rearrange(A, "(g c) n -> g c n", g=groups), B, C,
                   rearrange(h0, "b (g c) n -> b g c n", g=groups),
                   common.segment_starts(segment_ids, batch, length))
   y = rearrange(y, "b t g c -> b t (g c)")
-  if D is not None:
+  if D is not None and not fused:
     y = y + jnp.einsum("btd,d->btd", u, D.astype(dtype))
-  if z is not None:
+  if z is not None and not fused:
     y = y * jax.nn.silu(z.astype(dtype))
   return y.astype(out_dtype), rearrange(final, "b g c n -> b (g c) n")

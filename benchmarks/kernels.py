@@ -1,0 +1,108 @@
+"""Pallas kernels against the best XLA form and the lax.scan reference, per op: forward and
+forward+backward time and the bandwidth they achieve against the device's peak.
+
+  python -m benchmarks.kernels [--quick] [--out benchmarks/results/kernels.json]
+
+Runs on whatever backend is present. On a TPU the kernels compile; on a CPU they run in
+interpret mode (slow, and no measure of the kernels: a smoke test of the script) at a small
+shape. Bandwidth counts the compulsory HBM traffic only: every input read once and every
+output written once (forward: inputs + outputs; forward+backward: inputs + output cotangents +
+gradients); peak_frac is that over the device's peak bandwidth (PEAK_GBPS, when known).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from layers.ops import common as ops_common
+from layers.ops import linear_scan, log_linear_scan, selective_scan
+
+# Peak HBM bandwidth in GB/s by device kind (vendor figures).
+PEAK_GBPS = {"TPU v4": 1228, "TPU v5 lite": 819, "TPU v5e": 819, "TPU v5p": 2765,
+             "TPU v5": 2765, "TPU v6 lite": 1640, "TPU v6e": 1640,
+             "NVIDIA H100 80GB HBM3": 3350, "NVIDIA H200": 4800}
+N = 16  # selective scan state size
+
+
+def _cases(B, T, D, dtype):
+  """(op, fn(impl, *inputs) -> outputs, inputs) for each op, inputs in `dtype`."""
+  key = jax.random.split(jax.random.key(0), 6)
+  a = jax.random.uniform(key[0], (B, T, D), minval=0.5, maxval=0.999).astype(dtype)
+  b = jax.random.normal(key[1], (B, T, D), dtype)
+  h0 = jnp.ones((B, D))
+  yield "linear_scan", lambda impl, a, b, h0: linear_scan(a, b, h0, impl=impl), (a, b, h0)
+  yield ("log_linear_scan", lambda impl, a, b, h0: log_linear_scan(a, b, h0, impl=impl),
+         (jnp.log(a.astype(jnp.float32)).astype(dtype), b, h0))
+  u, delta, z = (jax.random.normal(k, (B, T, D), dtype) for k in key[2:5])
+  Bm, Cm = (jax.random.normal(k, (B, T, N), dtype) for k in jax.random.split(key[5]))
+  A = -jnp.broadcast_to(jnp.arange(1.0, N + 1), (D, N))
+  yield ("selective_scan",
+         lambda impl, u, delta, Bm, Cm, z: selective_scan(
+             u, delta, A, Bm, Cm, jnp.ones(D), z, jnp.zeros(D), True, impl=impl),
+         (u, delta, Bm, Cm, z))
+
+
+def _bytes(*trees) -> int:
+  return sum(math.prod(x.shape) * x.dtype.itemsize
+             for tree in trees for x in jax.tree.leaves(tree))
+
+
+def _forms(op):
+  """reference, the XLA form "auto" picks on accelerators, and the kernel."""
+  return dict.fromkeys(("reference", ops_common.AUTO_FORMS[op]["accelerator"], "pallas"))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="one shape per dtype")
+  parser.add_argument("--out", default="benchmarks/results/kernels.json")
+  args = parser.parse_args()
+  on_cpu = jax.default_backend() == "cpu"
+  if on_cpu:  # interpret mode: a smoke test
+    shapes = [(2, 256, 256)]
+  else:
+    shapes = [(2, 2048, 256)] if args.quick else [(2, 2048, 256), (8, 4096, 1024),
+                                                  (4, 16384, 2048)]
+  peak = PEAK_GBPS.get(jax.devices()[0].device_kind)
+  rows = []
+  for B, T, D in shapes:
+    for dtype in (jnp.float32, jnp.bfloat16):
+      for op, fn, inputs in _cases(B, T, D, dtype):
+        baseline = None
+        for form in _forms(op):
+          fwd = jax.jit(lambda *x, fn=fn, form=form: fn(form, *x))
+          out = jax.eval_shape(fwd, *inputs)
+
+          def loss(*x, fn=fn, form=form):
+            y, final = fn(form, *x)
+            return y.astype(jnp.float32).sum() + final.sum()
+          grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(inputs)))))
+          row = {"op": op, "form": form, "B": B, "T": T, "D": D,
+                 "dtype": jnp.dtype(dtype).name,
+                 "fwd_ms": 1e3 * common.time_fn(fwd, *inputs, repeats=3),
+                 "fwd_bwd_ms": 1e3 * common.time_fn(grad, *inputs, repeats=3)}
+          traffic = {"fwd": _bytes(inputs, out), "fwd_bwd": _bytes(inputs, out, inputs)}
+          for what, nbytes in traffic.items():
+            row[f"{what}_GBps"] = nbytes / (row[f"{what}_ms"] / 1e3) / 1e9
+            row[f"{what}_peak_frac"] = row[f"{what}_GBps"] / peak if peak else None
+          baseline = baseline or row
+          row["fwd_speedup"] = baseline["fwd_ms"] / row["fwd_ms"]
+          row["fwd_bwd_speedup"] = baseline["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+          rows.append(row)
+          print(f"  {op:16s} {form:12s} {row['dtype']:8s} B={B} T={T} D={D} "
+                f"fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
+  print(f"\nbackend {jax.default_backend()} ({jax.devices()[0].device_kind}), peak "
+        f"{peak or 'unknown'} GB/s; speedup = reference time / this form's time"
+        + ("; CPU: kernels in interpret mode (a smoke test, not a measure)" if on_cpu else ""))
+  common.print_table(rows, ["op", "form", "dtype", "B", "T", "D", "fwd_ms", "fwd_bwd_ms",
+                            "fwd_GBps", "fwd_bwd_GBps", "fwd_peak_frac", "fwd_bwd_peak_frac",
+                            "fwd_speedup", "fwd_bwd_speedup"])
+  common.write_json(args.out, "kernels", rows)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,72 @@
+"""What every Pallas kernel test reuses: inputs cast to the kernel's dtype, lowering for a
+platform by `jax.export` (no device needed), an interpret run with race detection, and the
+skip rule of the hardware-marked tests."""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax._src.pallas.mosaic.interpret import interpret_pallas_call
+from jax.experimental.pallas import tpu as pltpu
+
+# The one realistic shape every kernel is lowered at in the default tier (issue 19).
+EXPORT_B, EXPORT_T, EXPORT_D, EXPORT_N = 2, 2048, 256, 16
+
+
+def cast_inputs(fn, dtype):
+  """`fn(xs, h0, segment_ids)` with floating `xs` and `h0` cast to `dtype` first (the harness
+  feeds float64 arrays; the kernels are checked at float32 and bfloat16)."""
+  def cast(x):
+    if x is None or not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    return x.astype(dtype)
+
+  def wrapped(xs, h0, segment_ids):
+    return fn(tuple(cast(x) for x in xs), cast(h0), segment_ids)
+  return wrapped
+
+
+def export_text(fn, *shapes, platform: str = "tpu") -> str:
+  """The StableHLO text of `jax.jit(fn)` exported for `platform` at these abstract shapes."""
+  exported = jax.export.export(jax.jit(fn), platforms=[platform])(*shapes)
+  return exported.mlir_module()
+
+
+def value_and_vjp(fn):
+  """`fn(*args)` and its VJP with the outputs as cotangents, in one function (to export)."""
+  def both(*args):
+    out, pullback = jax.vjp(fn, *args)
+    return out, pullback(out)
+  return both
+
+
+def assert_lowers_for_tpu(fn, *shapes, kernels: int) -> None:
+  """`fn` and its VJP export for TPU with `kernels` / more Mosaic calls (the real kernels)."""
+  forward = export_text(fn, *shapes).count("tpu_custom_call")
+  assert forward == kernels, f"forward: {forward} Mosaic calls, expected {kernels}"
+  both = export_text(value_and_vjp(fn), *shapes).count("tpu_custom_call")
+  assert both > forward, f"forward + VJP: {both} Mosaic calls, expected more than {forward}"
+
+
+@contextlib.contextmanager
+def race_detection():
+  """Yields `pltpu.InterpretParams` that detect races between two simulated cores and fill
+  uninitialised memory with NaN; asserts on exit that no race was found."""
+  pltpu.reset_tpu_interpret_mode_state()
+  yield pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan",
+                              num_cores_or_threads=2)
+  races = interpret_pallas_call.races
+  assert races is not None, "the kernel did not run in TPU interpret mode"
+  assert not races.races_found, "race detected"
+
+
+def on_platform(platform: str):
+  """Marks a test that compiles kernels on `platform` ("tpu" or "gpu") with that pytest
+  marker, skipped elsewhere. Passing there is what `_pallas.VERIFIED` records."""
+  def decorate(test):
+    skip = pytest.mark.skipif(jax.default_backend() != platform,
+                              reason=f"needs a {platform.upper()}")
+    return skip(getattr(pytest.mark, platform)(test))
+  return decorate

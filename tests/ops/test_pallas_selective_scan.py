@@ -1,0 +1,152 @@
+"""The fused Pallas selective_scan: interpret mode on CPU against the float64 lax.scan oracle
+(outputs, final state and the gradients of u, delta, B, C, z, A, D, delta_bias and the initial
+state; odd T over several time tiles, groups, packed segment_ids with padding), one
+race-detecting run of the forward and backward kernels, and lowering for TPU."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from layers.ops import common, selective_scan
+from layers.ops.selective_scan import pallas
+from tests import harness, kernels
+
+B, T, DM, N = 2, 37, 4, 3
+BLOCK_T = 16
+
+
+@pytest.fixture(autouse=True)
+def small_time_tiles(monkeypatch):
+  monkeypatch.setitem(common.FORMS["selective_scan"], "pallas",
+                      functools.partial(pallas.selective_scan, block_t=BLOCK_T))
+
+
+def _op(impl):
+  """The op as the harness calls it: every input but the initial state is a differentiated
+  argument (the harness slices none of them here), softplus on."""
+  def fn(xs, h0, segment_ids):
+    u, delta, Bm, Cm, z, A, D, delta_bias = xs
+    return selective_scan(u, delta, A, Bm, Cm, D, z, delta_bias, True, h0, segment_ids,
+                          impl=impl)
+  return fn
+
+
+def _inputs(groups, seed=0):
+  bc = (B, T, N) if groups is None else (B, T, groups, N)
+  u, delta, z = (harness.rand(seed + i, (B, T, DM)) for i in range(3))
+  A = -harness.rand(seed + 3, (DM, N), low=0.5, high=2.0)
+  params = (A, harness.rand(seed + 4, (DM,)), harness.rand(seed + 5, (DM,)))
+  xs = (u, delta, harness.rand(seed + 6, bc), harness.rand(seed + 7, bc), z, *params)
+  return xs, harness.rand(seed + 8, (B, DM, N))
+
+
+def _check(dtype, groups, tol):
+  xs, h0 = _inputs(groups)
+  segment_ids = harness.packed_segment_ids(B, T).at[1, :5].set(0)  # padding
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(_op("pallas"), dtype), _op("reference"), xs, h0, segment_ids,
+      *tol, what=f"pallas {jnp.dtype(dtype).name} G={groups}")
+
+
+CHECKS = {
+    "float32 grouped": functools.partial(_check, jnp.float32, 2, (1e-5, 1e-4)),
+    "float32": functools.partial(_check, jnp.float32, None, (1e-5, 1e-4)),
+    "bfloat16 grouped": functools.partial(_check, jnp.bfloat16, 2, (2e-2, 2e-2)),
+}
+DEFAULT_TIER = ("float32 grouped",)
+
+
+@pytest.mark.parametrize("check", [
+    c if c in DEFAULT_TIER else pytest.param(c, marks=pytest.mark.slow) for c in CHECKS])
+def test_interpret_matches_reference(check):
+  CHECKS[check]()
+
+
+@kernels.on_platform("tpu")
+@pytest.mark.parametrize("check", CHECKS)
+def test_compiled_on_tpu_matches_reference(check):
+  CHECKS[check]()
+
+
+def _race_inputs():
+  """Kernel inputs with two batch rows (for the two cores) and two time tiles of 8."""
+  shape = (2, 2 * 8, 1, 128)
+  u, dt, z = (harness.rand(i, shape, jnp.float32) for i in range(3))
+  A = -harness.rand(3, (1, 128, 2), jnp.float32, 0.5, 2.0)
+  Bm, Cm = (harness.rand(i, (2, 16, 1, 2), jnp.float32) for i in (4, 5))
+  D, h0 = harness.rand(6, (1, 128), jnp.float32), harness.rand(7, (2, 1, 128, 2), jnp.float32)
+  resets = jnp.zeros((2, 16), bool).at[0, 5].set(True)
+  args = (u, jnp.abs(dt) * 0.1, z, A, Bm, Cm, D, h0, resets)
+  lay = pallas._Layout(u, Bm, 8, 128)
+  return args, lay, pallas._kernel_inputs(lay, *args)
+
+
+@pytest.mark.slow
+def test_no_races_forward():
+  """Under race detection, uninitialised memory NaN, the forward kernel equals the oracle."""
+  (u, dt, z, A, Bm, Cm, D, h0, resets), lay, inputs = _race_inputs()
+  with kernels.race_detection() as params:
+    y, final, _ = pallas._forward_call(*inputs, lay=lay, interpret=params)
+  flat = lambda x: x.reshape(2, 16, 128)
+  want = selective_scan(flat(u), flat(dt), A[0], Bm[:, :, 0], Cm[:, :, 0], D[0], flat(z),
+                        initial_state=h0[:, 0], segment_ids=1 + jnp.cumsum(resets, axis=1),
+                        impl="reference")
+  harness.assert_close((flat(lay.unchannels(y)), lay.unstates(final)[:, 0]), want, 1e-5,
+                       "forward kernel under race detection")
+
+
+@pytest.mark.slow
+def test_no_races_backward():
+  """The backward kernel under race detection (about 50 s): finite (it would carry any NaN
+  of uninitialised memory it read) and equal to the plain interpret run."""
+  _, lay, inputs = _race_inputs()
+  y, final, entries = pallas._forward_call(*inputs, lay=lay, interpret=True)
+  backward = (*inputs[:7], inputs[8], entries, y, final)
+  with kernels.race_detection() as params:
+    raced = pallas._backward_call(*backward, lay=lay, interpret=params)
+  harness.assert_close(raced, pallas._backward_call(*backward, lay=lay, interpret=True), 1e-6,
+                       "backward kernel under race detection")
+
+
+def _export_args(dtype, groups=1, batch=kernels.EXPORT_B, length=kernels.EXPORT_T,
+                 width=kernels.EXPORT_D, state=kernels.EXPORT_N):
+  """Abstract grouped form inputs (u, dt, z, A, B, C, D, h0, resets); u, dt, z, B, C in dtype."""
+  s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
+  c = width // groups
+  return (s(batch, length, groups, c), s(batch, length, groups, c), s(batch, length, groups, c),
+          s(groups, c, state, d=jnp.float32), s(batch, length, groups, state),
+          s(batch, length, groups, state), s(groups, c, d=jnp.float32),
+          s(batch, groups, c, state, d=jnp.float32), s(batch, length, d=bool))
+
+
+def _form(u, dt, z, A, Bm, Cm, D, h0, resets):
+  return pallas.selective_scan(u, dt, A, Bm, Cm, h0, resets, D=D, z=z)
+
+
+def test_lowers_for_tpu():
+  """Through the op (float32; it takes every Mamba input) and the form in bfloat16."""
+  s = lambda *shape, d=jnp.float32: jax.ShapeDtypeStruct(shape, d)
+  b, t, d, n = kernels.EXPORT_B, kernels.EXPORT_T, kernels.EXPORT_D, kernels.EXPORT_N
+  kernels.assert_lowers_for_tpu(
+      lambda u, delta, A, Bm, Cm, D, z, bias, h0, ids: selective_scan(
+          u, delta, A, Bm, Cm, D, z, bias, True, h0, ids, impl="pallas"),
+      s(b, t, d), s(b, t, d), s(d, n), s(b, t, n), s(b, t, n), s(d), s(b, t, d), s(d),
+      s(b, d, n), s(b, t, d=jnp.int32), kernels=1)
+  kernels.assert_lowers_for_tpu(_form, *_export_args(jnp.bfloat16), kernels=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("groups, length, width, state", [
+    (1, 1, 16, 16), (1, 100, 200, 4), (2, 4096, 1024, 16), (8, 16384, 1024, 16),
+    (1, 2048, 2560, 64)])
+def test_lowers_for_tpu_wide_grid(dtype, groups, length, width, state):
+  kernels.assert_lowers_for_tpu(
+      _form, *_export_args(dtype, groups, 2, length, width, state), kernels=1)
+
+
+def test_complex_initial_state_raises():
+  xs, h0 = _inputs(None)
+  with pytest.raises(ValueError, match="impl='pallas' takes real inputs"):
+    _op("pallas")(xs, h0.astype(jnp.complex64), None)
