@@ -5,8 +5,9 @@ beside the bytes of decoding state each model holds.
 Each mixer is a 2-layer d=256 `LanguageModel`; `generate` is `start_decoding` (prefill into a
 state sized for prompt + new tokens) then `decode_steps` (a `lax.scan` of `step`): the second
 alone is timed, `new_tokens` steps, min over repetitions. Attention's cache and cost grow with
-the context; every recurrent model's state and per-token cost must not (`flat_ratio`: time at
-the longest context / at the shortest, checked <= 1.1 by `python -m benchmarks`). Cases whose
+the context; every recurrent model's state and per-token cost must not (`flat_ratio`: CPU
+time at the longest context / at the shortest, at most FLAT_LIMIT; the note under the table
+names any recurrent model over it). Cases whose
 compiled prefill or decode would need more than MAX_BYTES (attention's O(T^2) score matrix at
 long prompts) are skipped and marked so.
 """
@@ -157,6 +158,10 @@ def run(full: bool = False) -> common.Result:
           "the JSON). *same program*: the decode loop compiles to one program at every "
           "context, so its cost cannot depend on the context. Skipped: the prefill's O(T^2) "
           f"score matrix (attention) would need more than {MAX_BYTES >> 30} GiB.")
+  over = sorted({f"`{r['mixer']}` (B={r['B']}, {r['flat_ratio']:.2f}x)" for r in rows
+                 if r["recurrent"] and (r["flat_ratio"] or 0) > FLAT_LIMIT})
+  note += (f" Recurrent models over {FLAT_LIMIT}x: {', '.join(over)}." if over else
+           f" Every recurrent model is within {FLAT_LIMIT}x.")
   return common.Result(rows, markdown=markdown(rows, settings["contexts"]), note=note,
                        settings={**settings, "d_model": D_MODEL, "n_layers": N_LAYERS,
                                  "vocab": VOCAB, "max_bytes": MAX_BYTES})
