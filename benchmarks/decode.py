@@ -2,14 +2,15 @@
 loop (jitted, after a warm-up, prefill excluded) at several prompt contexts and batch sizes,
 beside the bytes of decoding state each model holds.
 
+  python -m benchmarks [--full] --only decode
+
 Each mixer is a 2-layer d=256 `LanguageModel`; `generate` is `start_decoding` (prefill into a
 state sized for prompt + new tokens) then `decode_steps` (a `lax.scan` of `step`): the second
 alone is timed, `new_tokens` steps, min over repetitions. Attention's cache and cost grow with
 the context; every recurrent model's state and per-token cost must not (`flat_ratio`: CPU
 time at the longest context / at the shortest, at most FLAT_LIMIT; the note under the table
-names any recurrent model over it). Cases whose
-compiled prefill or decode would need more than MAX_BYTES (attention's O(T^2) score matrix at
-long prompts) are skipped and marked so.
+names any recurrent model over it). Cases whose compiled prefill or decode would need more
+than MAX_BYTES (attention's O(T^2) score matrix at long prompts) are skipped and marked so.
 """
 from __future__ import annotations
 
