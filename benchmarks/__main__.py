@@ -35,8 +35,9 @@ def section(name: str, result: common.Result, full: bool, seconds: float) -> str
   m = common.machine()
   command = "python -m benchmarks" + (" --full" if full else "") + f" --only {name}"
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-  return (f"`{command}` ({stamp}, {seconds:.0f} s; {m['platform']} {m['devices'][0]}, "
-          f"{m['cpu_count']} cores, load average {m['load_average'][1]}, jax {m['jax']}; "
+  return (f"`{command}` ({stamp}, {seconds:.0f} s; {len(m['devices'])} x {m['devices'][0]}, "
+          f"{m['processor']}, {m['cpu_count']} cores, 5-min load average "
+          f"{m['load_average'][1]}, jax {m['jax']}; "
           f"`benchmarks/results/{name}.json`)\n\n{result.markdown}\n\n{result.note}".rstrip())
 
 
