@@ -6,11 +6,9 @@ the forms of one case timed in turn run by run; memory is XLA's compiled temp al
 Forms planning more than MAX_TEMP_BYTES are not run. What it measures sets
 `layers.ops.common.LONG_FORMS["attention"]` (the length where "auto" turns blockwise).
 
-  python -m benchmarks.attention [--quick] [--lengths 1024,4096] [--out PATH]
+  python -m benchmarks [--full] --only attention
 """
 from __future__ import annotations
-
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ from benchmarks import common
 from layers.ops import attention
 
 B, H, K = 1, 4, 64
-LENGTHS, QUICK_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384), (256, 1024)
+FULL_LENGTHS, LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384), (256, 1024)
 FORMS = ("reference", "blockwise")
 WINDOWS = (None, 256)
 MAX_TEMP_BYTES = 8 << 30
@@ -33,7 +31,9 @@ def _functions(impl, window):
   return forward, jax.grad(loss, argnums=(0, 1, 2))
 
 
-def run(lengths, reps=3):
+def run(full: bool = False, reps: int = 3) -> common.Result:
+  """Both forms, full causal and a 256-token window, at T = 256, 1024 (full: to 16384)."""
+  lengths = FULL_LENGTHS if full else LENGTHS
   rows = []
   for window in WINDOWS:
     for T in lengths:
@@ -59,27 +59,15 @@ def run(lengths, reps=3):
           row[f"{name}_vs_ref"] = (ref_ms / ms if isinstance(ms, float)
                                    and isinstance(ref_ms, float) else "-")
         rows.append(row)
-      common.print_table(rows[-len(FORMS):], COLUMNS)
-  return rows
+        print("  " + "  ".join(f"{c}={row[c]}" for c in COLUMNS[:3]) + "  fwd+bwd "
+              f"{row['fwd_bwd_ms']}", flush=True)
+  return common.Result(
+      rows, COLUMNS, note=f"B={B}, H={H}, K=V={K}, float32; vs_ref = reference ms / form ms; "
+      "temp = XLA's compiled temporary memory; forms planning more than "
+      f"{MAX_TEMP_BYTES >> 30} GiB are skipped.",
+      settings={"lengths": lengths, "B": B, "H": H, "K": K, "windows": WINDOWS})
 
 
 COLUMNS = ["window", "T", "impl", "fwd_ms", "fwd_vs_ref", "fwd_temp_mib", "fwd_bwd_ms",
            "fwd_bwd_vs_ref", "fwd_bwd_temp_mib"]
 
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help=f"T in {QUICK_LENGTHS} only")
-  parser.add_argument("--lengths", type=lambda s: tuple(int(t) for t in s.split(",")),
-                      help=f"comma-separated T (default {','.join(map(str, LENGTHS))})")
-  parser.add_argument("--reps", type=int, default=3, help="at least this many timed runs")
-  parser.add_argument("--out", default="benchmarks/results/attention.json")
-  args = parser.parse_args(argv)
-  rows = run(args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS), args.reps)
-  print(f"\nattention forms, B={B} H={H} K=V={K} float32 (ratio = reference ms / form ms)")
-  common.print_table(rows, COLUMNS)
-  common.write_json(args.out, "attention", rows)
-
-
-if __name__ == "__main__":
-  main()

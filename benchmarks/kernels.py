@@ -1,7 +1,7 @@
 """Pallas kernels against the best XLA form and the lax.scan reference, per op: forward and
 forward+backward time and the bandwidth they achieve against the device's peak.
 
-  python -m benchmarks.kernels [--quick] [--out benchmarks/results/kernels.json]
+  python -m benchmarks [--full] --only kernels
 
 Runs on whatever backend is present. On a TPU the kernels compile; on a CPU they run in
 interpret mode (slow, and no measure of the kernels: a smoke test of the script) at a small
@@ -11,7 +11,6 @@ gradients); peak_frac is that over the device's peak bandwidth (PEAK_GBPS, when 
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
@@ -56,17 +55,14 @@ def _forms(op):
   return dict.fromkeys(("reference", ops_common.AUTO_FORMS[op]["accelerator"], "pallas"))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true", help="one shape per dtype")
-  parser.add_argument("--out", default="benchmarks/results/kernels.json")
-  args = parser.parse_args()
+def run(full: bool = False) -> common.Result:
+  """Each op's reference, accelerator XLA form and kernel: one shape (full: three on an
+  accelerator; on a CPU always one small shape, in interpret mode)."""
   on_cpu = jax.default_backend() == "cpu"
   if on_cpu:  # interpret mode: a smoke test
     shapes = [(2, 256, 256)]
   else:
-    shapes = [(2, 2048, 256)] if args.quick else [(2, 2048, 256), (8, 4096, 1024),
-                                                  (4, 16384, 2048)]
+    shapes = [(2, 2048, 256), (8, 4096, 1024), (4, 16384, 2048)] if full else [(2, 2048, 256)]
   peak = PEAK_GBPS.get(jax.devices()[0].device_kind)
   rows = []
   for B, T, D in shapes:
@@ -95,14 +91,10 @@ def main():
           rows.append(row)
           print(f"  {op:16s} {form:12s} {row['dtype']:8s} B={B} T={T} D={D} "
                 f"fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwd_bwd_ms']:.3f} ms", flush=True)
-  print(f"\nbackend {jax.default_backend()} ({jax.devices()[0].device_kind}), peak "
-        f"{peak or 'unknown'} GB/s; speedup = reference time / this form's time"
-        + ("; CPU: kernels in interpret mode (a smoke test, not a measure)" if on_cpu else ""))
-  common.print_table(rows, ["op", "form", "dtype", "B", "T", "D", "fwd_ms", "fwd_bwd_ms",
-                            "fwd_GBps", "fwd_bwd_GBps", "fwd_peak_frac", "fwd_bwd_peak_frac",
-                            "fwd_speedup", "fwd_bwd_speedup"])
-  common.write_json(args.out, "kernels", rows)
-
-
-if __name__ == "__main__":
-  main()
+  note = (f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), peak "
+          f"{peak or 'unknown'} GB/s; speedup = reference time / this form's time"
+          + ("; CPU: kernels in interpret mode (a smoke test, not a measure)" if on_cpu else ""))
+  return common.Result(
+      rows, ["op", "form", "dtype", "B", "T", "D", "fwd_ms", "fwd_bwd_ms", "fwd_GBps",
+             "fwd_bwd_GBps", "fwd_peak_frac", "fwd_bwd_peak_frac", "fwd_speedup",
+             "fwd_bwd_speedup"], note=note, settings={"shapes": shapes, "N": N})

@@ -4,19 +4,12 @@ Forward and forward+backward (gradients of every input), jitted, min over repeti
 warm-up, the forms of one (op, T) timed in turn run by run; memory is XLA's compiled temp
 allocation (`memory_analysis().temp_size_in_bytes`).
 
-  python -m benchmarks.linear_attention [--quick] [--lengths 2048,4096] [--chunk-size 32]
-      [--out benchmarks/results/linear_attention.json]
+  python -m benchmarks [--full] --only linear_attention
 
 On a shared CPU compare the speedup columns (reference and chunk timed in the same run), not
 milliseconds across runs.
 """
 from __future__ import annotations
-
-import argparse
-import json
-import os
-import pathlib
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +19,9 @@ from benchmarks import common
 from layers.ops import gated_delta_rule, linear_attention
 
 B, H, K, V = 2, 4, 64, 64
-LENGTHS, QUICK_LENGTHS = (512, 2048, 4096, 8192), (128, 512)
+LENGTHS, SMALL_LENGTHS = (512, 2048, 4096, 8192), (128, 512)
+REPS = 5  # at least this many timed runs
+REFERENCE_BUDGET_S = 10.0  # the reference gets 2 runs once T * REPS exceeds 1000x this
 FORMS = {"linear_attention": ("reference", "parallel", "chunk"),
          "gated_delta_rule": ("reference", "chunk")}
 MIN_TOTAL_S = 1.0  # short runs repeat until this much time passed: the min drops CPU noise
@@ -79,7 +74,10 @@ def _measure(fns, x, reps):
   return {name: (seconds.get(name), temp) for name, temp in temps.items()}
 
 
-def run(lengths, reps, reference_budget_s, chunk_size=None):
+def run(full: bool = False, chunk_size: int | None = None) -> common.Result:
+  """Every form of both ops at T = 128, 512 (full: 512 .. 8192)."""
+  lengths = LENGTHS if full else SMALL_LENGTHS
+  reps, reference_budget_s = REPS, REFERENCE_BUDGET_S
   rows = []
   for op, forms in FORMS.items():
     for T in lengths:
@@ -102,7 +100,14 @@ def run(lengths, reps, reference_budget_s, chunk_size=None):
     for name in ("fwd", "fwd_bwd"):
       row[f"{name}_speedup"] = (None if row[f"{name}_ms"] is None
                                 else ref[f"{name}_ms"] / row[f"{name}_ms"])
-  return rows
+  return common.Result(
+      rows, ["op", "impl", "T", "fwd_ms", "fwd_bwd_ms", "fwd_speedup", "fwd_bwd_speedup",
+             "fwd_temp_mib", "fwd_bwd_temp_mib"],
+      note=f"B={B}, H={H}, K={K}, V={V}, float32; speedup = reference time / this form's "
+           "(timed in turn, run by run); temp = XLA's compiled temp allocation; forms over "
+           f"{MAX_TEMP_BYTES >> 30} GiB are skipped (empty cells).",
+      settings={"lengths": lengths, "B": B, "H": H, "K": K, "V": V,
+                "chunk_size": chunk_size or "default"})
 
 
 def _format(row):
@@ -114,35 +119,3 @@ def _format(row):
     text += (f"  speedup vs reference: fwd {cell(row['fwd_speedup'], '6.1f', 'x')}"
              f"  fwd+bwd {cell(row['fwd_bwd_speedup'], '6.1f', 'x')}")
   return text
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help=f"T in {QUICK_LENGTHS} only")
-  parser.add_argument("--lengths", type=lambda s: tuple(int(t) for t in s.split(",")),
-                      help=f"comma-separated T values (default {','.join(map(str, LENGTHS))})")
-  parser.add_argument("--chunk-size", type=int, help="chunk_size of the chunk forms "
-                      "(default: the ops' default)")
-  parser.add_argument("--reps", type=int, default=5, help="at least this many timed runs")
-  parser.add_argument("--reference-budget-s", type=float, default=10.0,
-                      help="cap the reference at 2 repetitions when T * reps exceeds 1000x this")
-  parser.add_argument("--out", default="benchmarks/results/linear_attention.json")
-  args = parser.parse_args()
-  lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
-  rows = run(lengths, args.reps, args.reference_budget_s, args.chunk_size)
-  print("\nsummary (min over repetitions; temp = XLA compiled temp allocation)")
-  for row in rows:
-    print(_format(row))
-  machine = dict(platform=platform.platform(), processor=platform.processor(),
-                 cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
-                 device=str(jax.devices()[0].device_kind))
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(machine=machine, shape=dict(B=B, H=H, K=K, V=V),
-                                 chunk_size=args.chunk_size or "default",
-                                 dtype="float32", rows=rows), indent=2))
-  print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-  main()

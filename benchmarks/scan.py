@@ -1,14 +1,12 @@
 """Diagonal scans: reference (lax.scan) vs associative forms of linear_scan and
 log_linear_scan, and the forms of s4d_conv (the FFT convolution vs the recurrence).
 
-  python -m benchmarks.scan [--quick] [--out benchmarks/results/scan.json]
+  python -m benchmarks [--full] --only scan
 
 Forward and forward+backward (gradient of a sum) times, min of N, jitted on this machine; for
 log_linear_scan also each form's float32 error against float64 at retention a = 1 - 1e-4.
 """
 from __future__ import annotations
-
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +61,9 @@ def _s4d_cases(T):
            (lambda u, d, impl=impl: s4d_conv(u, d, A_re, A_im, C, impl=impl)[0]), (u, log_dt))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true", help="T in {256, 1024} only")
-  parser.add_argument("--out", default="benchmarks/results/scan.json")
-  args = parser.parse_args()
-  lengths = (256, 1024) if args.quick else (256, 1024, 4096, 16384)
+def run(full: bool = False) -> common.Result:
+  """Every form at T = 256, 1024 (full: up to 16384)."""
+  lengths = (256, 1024, 4096, 16384) if full else (256, 1024)
   rows = []
   for T in lengths:
     baseline = {}
@@ -87,11 +82,10 @@ def main():
         row["fwd_bwd_speedup"] = ref["fwd_bwd_ms"] / row["fwd_bwd_ms"]
         rows.append(row)
         print(f"  {op:16s} {form:22s} T={T:6d} fwd {row['fwd_ms']:.3f} ms", flush=True)
-  print("\nspeedup = time of the op's reference (lax.scan) form / time of this form")
-  common.print_table(rows, ["op", "form", "T", "fwd_ms", "fwd_bwd_ms", "tokens_per_s",
-                            "fwd_speedup", "fwd_bwd_speedup", "f32_error_a=1-1e-4"])
-  common.write_json(args.out, "scan", rows)
-
-
-if __name__ == "__main__":
-  main()
+  return common.Result(
+      rows, ["op", "form", "T", "fwd_ms", "fwd_bwd_ms", "tokens_per_s", "fwd_speedup",
+             "fwd_bwd_speedup", "f32_error_a=1-1e-4"],
+      note=f"B={B}, D={D} (S4D: H={H}, N={2 * HALF_N}), float32; speedup = time of the op's "
+           "reference (lax.scan) form / time of this form; f32_error: log_linear_scan in "
+           "float32 against float64 at a = 1 - 1e-4.",
+      settings={"lengths": lengths, "B": B, "D": D, "H": H, "N": 2 * HALF_N})

@@ -2,14 +2,12 @@
 within chunks, rematerialised) and the checkpointed form (the sequential scan within
 rematerialised chunks), as Mamba calls it (delta_bias, softplus, D, z, initial state).
 
-  python -m benchmarks.selective_scan [--quick] [--out benchmarks/results/selective_scan.json]
+  python -m benchmarks [--full] --only selective_scan
 
 Forward and forward+backward (gradients of every input) times, min of N, and the peak
 temporary memory XLA plans for each compiled function, jitted on this machine.
 """
 from __future__ import annotations
-
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +37,9 @@ def _forward(impl):
   return fn
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true", help="T in {1024, 4096} only")
-  parser.add_argument("--out", default="benchmarks/results/selective_scan.json")
-  args = parser.parse_args()
-  lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
+def run(full: bool = False) -> common.Result:
+  """Both forms at T = 256, 1024 (full: 1024, 4096, 16384)."""
+  lengths = (1024, 4096, 16384) if full else (256, 1024)
   rows = []
   for T in lengths:
     batch = 1 if T >= 16384 else 2
@@ -60,11 +55,7 @@ def main():
       rows.append(row)
       print(f"  {impl:10s} B={batch} T={T:6d} fwd {row['fwd_ms']:.1f} ms, "
             f"fwd+bwd {row['fwd_bwd_ms']:.1f} ms", flush=True)
-  print(f"\nDm={DM}, N={N}, float32; temp = compiled peak temporary memory")
-  common.print_table(rows, ["form", "B", "T", "fwd_ms", "fwd_bwd_ms", "fwd_temp_MiB",
-                            "fwd_bwd_temp_MiB"])
-  common.write_json(args.out, "selective_scan", rows)
-
-
-if __name__ == "__main__":
-  main()
+  return common.Result(
+      rows, ["form", "B", "T", "fwd_ms", "fwd_bwd_ms", "fwd_temp_MiB", "fwd_bwd_temp_MiB"],
+      note=f"Dm={DM}, N={N}, float32; temp = compiled peak temporary memory.",
+      settings={"lengths": lengths, "d_inner": DM, "N": N})

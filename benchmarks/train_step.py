@@ -1,16 +1,15 @@
 """Train-step time and achieved FLOP/s of a 4-layer d=256 language model at T=1024 for each
 registered mixer, beside this machine's jitted float32 matmul FLOP/s measured in the same run.
 
-  python -m benchmarks.train_step [--quick] [--out benchmarks/results/train_step.json]
-  python -m benchmarks.train_step --data_parallel [--quick]
+  python -m benchmarks [--full] --only train_step,train_step_dp
 
 FLOPs per step come from XLA's cost analysis of the compiled step (forward, backward, AdamW).
---data_parallel instead times the same global batch on 1 device and split over 8 (virtual CPU
-devices here: the process restarts itself with 8 host devices).
+train_step_dp instead times the same global batch on 1 device and split over 8 (virtual CPU
+devices here: it runs in a child process started with 8 host devices).
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import subprocess
 import sys
@@ -52,14 +51,18 @@ def step_fn(mixer: str, batch: int, length: int):
   return jax.jit(train_step, donate_argnums=(0, 1)), state.params, state.opt_state, tokens
 
 
-def data_parallel(args, length: int) -> None:
-  """Step time of one global batch of 8 on 1 device vs split over 8 devices."""
-  if jax.device_count() < 8:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    sys.exit(subprocess.run([sys.executable, "-m", "benchmarks.train_step", *sys.argv[1:]],
-                            env=env).returncode)
+DP_MIXERS_SMALL = ("attention", "mingru")  # train_step_dp at the small settings
+
+
+def _mixers(full: bool) -> list[str]:
+  return [m for m in registry.MIXERS if m != "none"] if full else ["attention", "mingru",
+                                                                   "gated_deltanet"]
+
+
+def data_parallel_rows(mixers, length: int) -> list[dict]:
+  """Step time of one global batch of 8 on 1 device vs split over 8 (needs 8 devices)."""
   rows = []
-  for mixer in args.mixers.split(","):
+  for mixer in mixers:
     step, params, opt_state, tokens = step_fn(mixer, 8, length)
     params, opt_state = jax.device_get((params, opt_state))  # host copies: steps donate
     row = {"mixer": mixer, "B": 8, "T": length}
@@ -78,26 +81,30 @@ def data_parallel(args, length: int) -> None:
     rows.append(row)
     print(f"  {mixer}: 1 device {row['1_device_ms']:.1f} ms, 8 devices "
           f"{row['8_devices_ms']:.1f} ms", flush=True)
-  print(f"\n{os.cpu_count()} CPU cores: the 8 virtual devices share them.")
-  common.print_table(rows, ["mixer", "B", "T", "1_device_ms", "8_devices_ms", "speedup_8_vs_1"])
-  common.write_json(args.out.replace(".json", "_data_parallel.json"), "train_step_dp", rows)
+  return rows
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--quick", action="store_true", help="T=256 and batch 1")
-  parser.add_argument("--out", default="benchmarks/results/train_step.json")
-  parser.add_argument("--mixers", default=",".join(m for m in registry.MIXERS if m != "none"))
-  parser.add_argument("--data_parallel", action="store_true",
-                      help="1 vs 8 devices at the same global batch")
-  args = parser.parse_args()
-  batch, length = (1, 256) if args.quick else (2, 1024)
-  if args.data_parallel:
-    return data_parallel(args, length)
+def run_data_parallel(full: bool = False) -> common.Result:
+  """1 vs 8 virtual devices at the same global batch, in a child process with 8 devices."""
+  length = 1024 if full else 256
+  mixers = _mixers(full) if full else list(DP_MIXERS_SMALL)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  child = subprocess.run([sys.executable, "-m", "benchmarks.train_step", str(length),
+                          ",".join(mixers)], env=env, stdout=subprocess.PIPE, check=True)
+  rows = json.loads(child.stdout.decode().splitlines()[-1])
+  return common.Result(
+      rows, ["mixer", "B", "T", "1_device_ms", "8_devices_ms", "speedup_8_vs_1"],
+      note=f"{os.cpu_count()} CPU cores: the 8 virtual devices share them.",
+      settings={"T": length, "B": 8, "mixers": mixers})
+
+
+def run(full: bool = False) -> common.Result:
+  """Train step per mixer (small: 3 mixers at B=1, T=256; full: every mixer, B=2, T=1024)."""
+  batch, length = (2, 1024) if full else (1, 256)
   peak = matmul_flops_per_s()
   print(f"float32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s")
   rows = []
-  for mixer in args.mixers.split(","):
+  for mixer in _mixers(full):
     step, params, opt_state, tokens = step_fn(mixer, batch, length)
     cost = step.lower(params, opt_state, tokens).compile().cost_analysis()
     flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
@@ -110,14 +117,16 @@ def main():
     seconds = common.time_fn(run, tokens, repeats=3)
     rows.append({"mixer": mixer, "B": batch, "T": length, "step_ms": 1e3 * seconds,
                  "tokens_per_s": batch * length / seconds, "gflop_per_step": flops / 1e9,
-                 "gflop_per_s": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / peak})
+                 "gflop_per_s": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / peak,
+                 "matmul_gflop_per_s": peak / 1e9})
     print(f"  {mixer}: {1e3 * seconds:.1f} ms/step", flush=True)
-  common.print_table(rows, ["mixer", "B", "T", "step_ms", "tokens_per_s", "gflop_per_step",
-                            "gflop_per_s", "fraction_of_matmul"])
-  for row in rows:
-    row["matmul_gflop_per_s"] = peak / 1e9
-  common.write_json(args.out, "train_step", rows)
+  return common.Result(
+      rows, ["mixer", "B", "T", "step_ms", "tokens_per_s", "gflop_per_step", "gflop_per_s",
+             "fraction_of_matmul"],
+      note=f"4-layer d=256 LM, AdamW; float32 matmul 2048^2 reached {peak / 1e9:.1f} GFLOP/s "
+           "in the same run.",
+      settings={"B": batch, "T": length})
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # the child of run_data_parallel: argv = T, mixers; rows as JSON
+  print(json.dumps(data_parallel_rows(sys.argv[2].split(","), int(sys.argv[1]))))

@@ -41,8 +41,13 @@ def check_left_padded(prompt_mask) -> None:
     raise ValueError(f"generate: prompt row {empty[0]} has no real token")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
-def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
+def start_decoding(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
+  """The prefill half of `generate` (pure; jit it with model, max_new_tokens and sampler
+  static): the state sized init_state(B, P + max_new_tokens), the prompt run into it, and the
+  first new token sampled from the last prompt position's logits.
+
+  prompt, prompt_mask: [B, P] (left-padded, see `generate`) -> (first token [B], state, keys
+  [max_new_tokens - 1] for `decode_steps`)."""
   B, P = prompt.shape
   # Left padding is segment 0; the real tokens form segment 1, so recurrences start from zero
   # and rotary positions from 0 at the first real token.
@@ -50,16 +55,31 @@ def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sample
   state = model.apply(variables, B, P + max_new_tokens, method="init_state")
   logits, state = model.apply(variables, prompt, state, segment_ids, method="prefill")
   keys = jax.random.split(rng, max_new_tokens)
-  first = sampler(keys[0], logits[:, -1])
+  return sampler(keys[0], logits[:, -1]), state, keys[1:]
 
+
+def decode_steps(model, variables, token, state, keys, sampler):
+  """The decode half of `generate` (pure; jit it with model and sampler static): a `lax.scan`
+  of `model.step`, each token fed back, one step per key.
+
+  token: [B] int, state: the model's decoding state, keys: [n] -> tokens [B, n] (those after
+  `token`) and the state after them."""
   def decode(carry, key):
     token, state = carry
     logits_t, state = model.apply(variables, token, state, method="step")
     token = sampler(key, logits_t)
     return (token, state), token
 
-  _, rest = jax.lax.scan(decode, (first, state), keys[1:])
-  return jnp.concatenate([first[:, None], rest.T], axis=1).astype(prompt.dtype)
+  (_, state), tokens = jax.lax.scan(decode, (token, state), keys)
+  return tokens.T, state
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
+def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
+  first, state, keys = start_decoding(model, variables, prompt, prompt_mask, rng,
+                                      max_new_tokens, sampler)
+  rest, _ = decode_steps(model, variables, first, state, keys, sampler)
+  return jnp.concatenate([first[:, None], rest], axis=1).astype(prompt.dtype)
 
 
 def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int,
