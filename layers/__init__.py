@@ -33,6 +33,7 @@ from layers.common import state_bytes
 from layers.conv import ShortConv
 from layers.gated_deltanet import DeltaNet, GatedDeltaNet
 from layers.mamba import Mamba, Mamba2
+from layers.memory import MemoryValues, ProductKeyMemory
 from layers.min_rnn import MinGRU, MinLSTM
 from layers.mlp import MLP
 from layers.no_mixer import NoMixer
@@ -52,9 +53,11 @@ __all__ = [
     "GatedRMSNorm",
     "Mamba",
     "Mamba2",
+    "MemoryValues",
     "MinGRU",
     "MinLSTM",
     "NoMixer",
+    "ProductKeyMemory",
     "RetNet",
     "RMSNorm",
     "S4D",
