@@ -54,7 +54,7 @@ class ProductKeyMemory(nn.Module):
 
     q = LayerNorm(W_q x) per half, [B, T, H, 2, Kh]     (W_q: D -> H * 2 * Kh, bias 0)
     (s, I) = top-k over the n**2 product keys           (`layers.ops.product_key_topk`)
-    m(x) = sum_h sum_k softmax(s)_k values[I_k]          (float32 softmax; heads summed)
+    m(x) = sum_h sum_k softmax(s)_k values[I_k]          (softmax in float32 or wider)
     out = W_o(m(x) * silu(W_s x))   (memory_plus: W_s: D -> V, W_o: V -> D, biases 0)
     out = m(x)                      (not memory_plus: V = D, the 2019 layer)
 
@@ -113,7 +113,7 @@ class ProductKeyMemory(nn.Module):
     if self.query_norm == "layernorm":
       q = self.norm(q)
     scores, indices = product_key_topk(q, self.keys, topk=self.topk, impl=self.impl)
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+    weights = jax.nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), -1)
     out = self.table(indices, weights).astype(self.dtype)
     if self.memory_plus:
       out = self.out_proj(out * jax.nn.silu(self.gate_proj(h)))
