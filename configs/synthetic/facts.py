@@ -15,7 +15,7 @@ from layers import memory
 from train import config_lib
 
 D_MODEL = 32
-MEMORY = dict(n_keys=32, heads=4, topk=8, k_dim=32, v_dim=32, memory_plus=True)
+MEMORY = dict(n_keys=128, heads=4, topk=8, k_dim=32, v_dim=32, memory_plus=True)
 
 
 def dense_expand(d_model: int, options: dict) -> float:
