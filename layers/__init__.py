@@ -25,6 +25,10 @@ Option names mean one thing in every mixer:
   chunk_size  C of the chunked op forms                     Mamba(2), RetNet, Based, GDN
 
 (GDN: GatedDeltaNet and DeltaNet.)
+
+ProductKeyMemory (with MemoryValues, its value table) is a channel mixer, not a sequence
+mixer: x [B, T, D] or [B, D] -> the same shape, no state; a Backbone puts it in place of the
+MLP of the blocks in `memory_layers`.
 """
 from layers.attention import Attention
 from layers.bidirectional import Bidirectional

@@ -37,7 +37,8 @@ AUTO_FORMS: dict[str, dict[str, str]] = {
     "s4d_conv": {"cpu": "fft", "accelerator": "fft"},
     "attention": {"cpu": "reference", "accelerator": "reference"},
     "attention_prefill": {"cpu": "reference", "accelerator": "reference"},
-    # exact either way; the product form scores 2n sub-keys and k^2 candidates, not n^2 keys
+    # exact either way; not benchmarked yet: the product form scores 2n sub-keys and k^2
+    # candidates per head where the reference scores all n^2 product keys
     "product_key_topk": {"cpu": "product", "accelerator": "product"},
     # the chunked bag never materialises [B, T, H, k, V] (forward or backward)
     "memory_lookup": {"cpu": "chunk", "accelerator": "chunk"},
