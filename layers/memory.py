@@ -148,6 +148,15 @@ def check_options(d_model: int, options: Mapping) -> None:
                      "None) without memory_plus: the bag is the output")
 
 
+def check_layers(layers, n_layers: int, name: str = "memory_layers") -> None:
+  """Raises a ValueError unless `layers` are distinct block indices in [0, n_layers)."""
+  layers = tuple(layers)
+  if any(not isinstance(i, int) or not 0 <= i < n_layers for i in layers) or (
+      len(set(layers)) != len(layers)):
+    raise ValueError(f"{name}={layers} must be distinct block indices in "
+                     f"[0, n_layers={n_layers})")
+
+
 def defaults() -> dict:
   """The default of every option in OPTIONS."""
   fields = {f.name: f.default for f in dataclasses.fields(ProductKeyMemory)}

@@ -123,10 +123,7 @@ class Backbone(nn.Module):
     """{block index: its ProductKeyMemory} for `memory_layers` (checked), sharing one value
     table when memory.shared_values (default True)."""
     layers = self.memory_layers
-    if any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers) or (
-        len(set(layers)) != len(layers)):
-      raise ValueError(f"Backbone: memory_layers={layers} must be distinct block indices in "
-                       f"[0, n_layers={self.n_layers})")
+    memory_lib.check_layers(layers, self.n_layers, "Backbone: memory_layers")
     options = dict(self.memory)
     shared = options.pop("shared_values", True)
     memory_lib.check_options(self.d_model, options)

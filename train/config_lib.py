@@ -187,10 +187,7 @@ def _validate_memory(model) -> None:
   ProductKeyMemory options."""
   options = model.memory.to_dict()
   layers, _ = options.pop("layers"), options.pop("shared_values")
-  if (any(not isinstance(i, int) or not 0 <= i < model.n_layers for i in layers)
-      or len(set(layers)) != len(layers)):
-    raise ValueError(f"model.memory.layers={tuple(layers)}: expected distinct block indices "
-                     f"in [0, model.n_layers={model.n_layers})")
+  memory_lib.check_layers(layers, model.n_layers, "model.memory.layers")
   try:
     memory_lib.check_options(model.d_model, options)
   except ValueError as e:

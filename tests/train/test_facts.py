@@ -36,6 +36,19 @@ def test_bad_options_raise():
     Facts(num_objects=1)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("layers", (0, 1), r"model.memory.layers=\(0, 1\) must be distinct block indices in "
+     r"\[0, n_layers=1\)"),
+    ("topk", 129, r"model.memory: ProductKeyMemory: topk=129 must be <= n_keys=128"),
+    ("query_norm", "rms", r"model.memory: ProductKeyMemory: query_norm='rms'"),
+])
+def test_bad_memory_config_raises(key, value, message):
+  config = facts_config.get_config("model=memory")
+  config.model.memory[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+
+
 def test_config_models_have_equal_channel_mixer_flops():
   dense = facts_config.get_config("model=dense,facts=64")
   mem = facts_config.get_config("model=memory,facts=64")
