@@ -3,7 +3,7 @@ parameters (train/tasks/synthetic.py: Facts). model=dense is one attention block
 MLP; model=memory replaces that MLP by a Memory+ product-key memory, and the dense MLP's
 width is set so both have the same FLOPs per token in their channel mixer (the analytic
 count of layers.memory.flops_per_token against 3 * D * hidden for the gated MLP).
-Arguments: model= dense | memory (default), facts= F (default 16384), steps= (default 1500).
+Arguments: model= dense | memory (default), facts= F (default 16384), steps= (default 2000).
 
   python -m train --config configs/synthetic/facts.py:model=memory,facts=16384 \
       --workdir runs/facts_memory_16384
@@ -26,7 +26,7 @@ def dense_expand(d_model: int, options: dict) -> float:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = config_lib.parse_arg(arg, model="memory", facts="16384", steps="1500")
+  options = config_lib.parse_arg(arg, model="memory", facts="16384", steps="2000")
   if options["model"] not in ("dense", "memory"):
     raise ValueError(f"config argument model={options['model']!r}: expected dense or memory")
   config = config_lib.base_config("attention", "tiny", {"tiny": (D_MODEL, 1)})
