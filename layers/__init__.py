@@ -27,6 +27,10 @@ Option names mean one thing in every mixer:
                                                             Attention (its blockwise block)
 
 (GDN: GatedDeltaNet and DeltaNet.)
+
+ProductKeyMemory (with MemoryValues, its value table) is a channel mixer, not a sequence
+mixer: x [B, T, D] or [B, D] -> the same shape, no state; a Backbone puts it in place of the
+MLP of the blocks in `memory_layers`.
 """
 from layers.attention import Attention
 from layers.bidirectional import Bidirectional
@@ -35,6 +39,7 @@ from layers.common import state_bytes
 from layers.conv import ShortConv
 from layers.gated_deltanet import DeltaNet, GatedDeltaNet
 from layers.mamba import Mamba, Mamba2
+from layers.memory import MemoryValues, ProductKeyMemory
 from layers.min_rnn import MinGRU, MinLSTM
 from layers.mlp import MLP
 from layers.no_mixer import NoMixer
@@ -54,9 +59,11 @@ __all__ = [
     "GatedRMSNorm",
     "Mamba",
     "Mamba2",
+    "MemoryValues",
     "MinGRU",
     "MinLSTM",
     "NoMixer",
+    "ProductKeyMemory",
     "RetNet",
     "RMSNorm",
     "S4D",

@@ -28,7 +28,8 @@ NAMES = (EMBED, MLP, HEADS, HEAD_DIM, STATE, CONV, VOCAB)
 DEFAULT = "default"    # weight matrices: opt.lr and opt.weight_decay
 NO_DECAY = "no_decay"  # norm scales, biases, embeddings, skip weights D: no weight decay
 SSM = "ssm"            # state-space dynamics (A, dt): opt.ssm_lr, no weight decay
-GROUPS = (DEFAULT, NO_DECAY, SSM)
+MEMORY = "memory"      # memory-layer value tables: their own lr and gradient clipping
+GROUPS = (DEFAULT, NO_DECAY, SSM, MEMORY)
 
 
 class Param(nn.LogicallyPartitioned, eq=False):

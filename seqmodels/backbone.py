@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import FrozenDict
 
-from layers import MLP, RMSNorm, axes
+from layers import MLP, MemoryValues, ProductKeyMemory, RMSNorm, axes
+from layers import memory as memory_lib
 from seqmodels import registry
 
 
@@ -18,20 +19,24 @@ class Block(nn.Module):
   """Pre-norm residual block: x + mixer(norm(x)), then x + MLP(norm(x)).
 
   The mixer is any module with the mixer calling convention (`__call__`, `init_state`,
-  `step`); its state passes through unchanged in structure.
+  `step`); its state passes through unchanged in structure. `memory` (a stateless channel
+  mixer, e.g. `ProductKeyMemory`) takes the MLP's place when given.
   """
   mixer: nn.Module
   mlp_expand: float = 8 / 3
+  memory: nn.Module | None = None
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.mixer_norm = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype)
     self.mlp_norm = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.mlp = MLP(expand=self.mlp_expand, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.memory is None:
+      self.mlp = MLP(expand=self.mlp_expand, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def _channel_mix(self, x):
-    return x + self.mlp(self.mlp_norm(x))
+    channel_mixer = self.mlp if self.memory is None else self.memory
+    return x + channel_mixer(self.mlp_norm(x))
 
   def __call__(self, x, state=None, segment_ids=None):
     """x: [B, T, D] -> (x: [B, T, D], mixer state)."""
@@ -57,6 +62,11 @@ class Backbone(nn.Module):
 
   inputs: [B, T] int tokens when `vocab_size` is set, else [B, T, input_dim] features (a
   linear embedding). The state is a tuple with one mixer state per layer.
+
+  Memory layers (Berges et al. 2024): the blocks listed in `memory_layers` get a
+  `ProductKeyMemory` (options `memory`: layers.memory.OPTIONS, plus shared_values) in place
+  of their MLP; with shared_values (default) one value table, owned here
+  ("memory_values"), serves them all, while keys, queries and projections stay per layer.
   """
   d_model: int
   n_layers: int
@@ -65,6 +75,8 @@ class Backbone(nn.Module):
   input_dim: int | None = None
   mixer_kwargs: FrozenDict = FrozenDict()  # {mixer name: {option: value}}
   mlp_expand: float = 8 / 3
+  memory_layers: Sequence[int] = ()
+  memory: FrozenDict = FrozenDict()  # ProductKeyMemory options and shared_values
   causal: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -72,6 +84,8 @@ class Backbone(nn.Module):
   def __post_init__(self):
     # Hashable fields, so that a model can be a static argument of jit (`generate`).
     object.__setattr__(self, "mixer_kwargs", FrozenDict(self.mixer_kwargs))
+    object.__setattr__(self, "memory", FrozenDict(self.memory))
+    object.__setattr__(self, "memory_layers", tuple(self.memory_layers))
     if not isinstance(self.pattern, str):
       object.__setattr__(self, "pattern", tuple(self.pattern))
     super().__post_init__()
@@ -96,13 +110,29 @@ class Backbone(nn.Module):
       self.embed = nn.Dense(self.d_model,
                             kernel_init=axes.kernel(None, axes.EMBED, group=axes.NO_DECAY),
                             bias_init=axes.bias(axes.EMBED), **modules)
+    memories = self._memories(modules)
     self.blocks = [
         Block(registry.build_mixer(names[i % len(names)], self.d_model, causal=self.causal,
                                    overrides=self.mixer_kwargs.get(names[i % len(names)]),
                                    **modules),
-              mlp_expand=self.mlp_expand, **modules)
+              mlp_expand=self.mlp_expand, memory=memories.get(i), **modules)
         for i in range(self.n_layers)]
     self.norm = RMSNorm(**modules)
+
+  def _memories(self, modules) -> dict[int, ProductKeyMemory]:
+    """{block index: its ProductKeyMemory} for `memory_layers` (checked), sharing one value
+    table when memory.shared_values (default True)."""
+    layers = self.memory_layers
+    memory_lib.check_layers(layers, self.n_layers, "Backbone: memory_layers")
+    options = dict(self.memory)
+    shared = options.pop("shared_values", True)
+    memory_lib.check_options(self.d_model, options)
+    values = None
+    if layers and shared:
+      values = self.memory_values = MemoryValues(
+          *memory_lib.table_shape(self.d_model, options), param_dtype=self.param_dtype)
+    return {i: ProductKeyMemory(self.d_model, values=values, **options, **modules)
+            for i in layers}
 
   def _embed(self, inputs, step: bool):
     rank = 1 if step else 2

@@ -124,12 +124,14 @@ class TaskFacts:
 
 def backbone(model, facts: TaskFacts) -> Backbone:
   """The Backbone of `model` (config.model: mixer, d_model, n_layers, mlp_expand, dtype,
-  mixer_kwargs) over the task's inputs."""
+  mixer_kwargs, memory: {layers, and the memory layers' options}) over the task's inputs."""
+  memory = dict(model.get("memory", {}))
   return Backbone(d_model=model.d_model, n_layers=model.n_layers, pattern=model.mixer,
                   vocab_size=facts.vocab_size, input_dim=facts.input_dim,
                   mixer_kwargs={name: dict(options)
                                 for name, options in model.mixer_kwargs.items()},
-                  mlp_expand=model.mlp_expand, causal=facts.causal, dtype=jnp.dtype(model.dtype))
+                  mlp_expand=model.mlp_expand, memory_layers=tuple(memory.pop("layers", ())),
+                  memory=memory, causal=facts.causal, dtype=jnp.dtype(model.dtype))
 
 
 def _language_model(model, facts: TaskFacts) -> LanguageModel:

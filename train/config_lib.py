@@ -11,6 +11,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from layers import axes
+from layers import memory as memory_lib
 from seqmodels import registry
 from seqmodels.models import get_architecture
 from train import sharding
@@ -53,6 +54,20 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
       # {mixer name: {option: value}}; from the command line as
       # --config.model.mixer_kwargs.s4d.d_state=32 (train/main.py)
       mixer_kwargs=ml_collections.ConfigDict(),
+      # product-key memory layers (layers/memory.py) in place of the MLP of the blocks in
+      # `layers`, e.g. (1,) or (4, 12, 20) of 24; none by default
+      memory=ml_collections.ConfigDict(dict(
+          layers=(),
+          n_keys=32,           # sub-keys per half: n_keys**2 value rows
+          heads=4,             # memory heads (their bags are summed)
+          topk=32,             # rows read per head
+          k_dim=64,            # product-key width (two halves of k_dim / 2)
+          v_dim=placeholder(int),  # value width (None: d_model)
+          memory_plus=True,    # Memory+: W_o(mem(x) * silu(W_s x)); False: mem(x), V = D
+          shared_values=True,  # one value table for all memory layers of the backbone
+          query_norm="layernorm",  # "layernorm" | None
+          impl="auto",         # product_key_topk form: auto | product | reference
+      )),
   ))
   config.opt = ml_collections.ConfigDict(dict(
       lr=1e-3,                 # the "default" group: weight matrices
@@ -69,6 +84,9 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
   config.opt.groups = ml_collections.ConfigDict({
       axes.NO_DECAY: dict(lr=placeholder(float), weight_decay=0.0),  # norms, biases, embeddings
       axes.SSM: dict(lr=config.opt.get_ref("ssm_lr"), weight_decay=0.0),
+      # memory value tables: 10x opt.lr (Berges et al.: 1e-3 against 1e-4), no decay, and
+      # their own global-norm clipping (the other groups share opt.clip_norm)
+      axes.MEMORY: dict(lr=config.opt.get_ref("lr") * 10, weight_decay=0.0, clip_norm=1.0),
   })
   config.mesh = ml_collections.ConfigDict(dict(
       data=-1,                 # data parallel; -1: all devices not used by the other axes
@@ -130,6 +148,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"model.mixer_kwargs.{name}: the model {model.mixer!r} uses only "
                        f"{', '.join(names)}")
     registry.build_mixer(name, model.d_model, overrides=overrides.to_dict())
+  _validate_memory(model)
   for key, (accepts, expected) in RANGES.items():
     value = _lookup(config, key)
     if not accepts(value):
@@ -163,6 +182,18 @@ def _lookup(config, key: str):
   return config
 
 
+def _validate_memory(model) -> None:
+  """model.memory.layers are distinct block indices; the other keys are valid
+  ProductKeyMemory options."""
+  options = model.memory.to_dict()
+  layers, _ = options.pop("layers"), options.pop("shared_values")
+  memory_lib.check_layers(layers, model.n_layers, "model.memory.layers")
+  try:
+    memory_lib.check_options(model.d_model, options)
+  except ValueError as e:
+    raise ValueError(f"model.memory: {e}") from None
+
+
 def _validate_groups(opt) -> None:
   """opt.groups names every declared group but "default", each with a positive lr (or None)
   and a weight decay >= 0."""
@@ -177,3 +208,7 @@ def _validate_groups(opt) -> None:
     if not hyper.weight_decay >= 0:
       raise ValueError(f"opt.groups.{group}.weight_decay={hyper.weight_decay}: expected a "
                        "number >= 0")
+    clip = hyper.get("clip_norm")
+    if clip is not None and not clip > 0:
+      raise ValueError(f"opt.groups.{group}.clip_norm={clip}: expected a positive number (or "
+                       "None: opt.clip_norm, shared)")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from layers import axes
 from seqmodels import build_model
 from train import checkpoint, config_lib, optim, sharding, workdir as workdir_lib
-from train.metrics import MetricsWriter
+from train.metrics import MetricsWriter, memory_rows, memory_usage
 from train.summary import model_summary
 from train.tasks import Task, build_task
 
@@ -121,8 +121,9 @@ def restore_or_init(setup: Setup, placement: Placement, ckpt: checkpoint.Checkpo
 
 
 def make_steps(task: Task, setup: Setup, placement: Placement):
-  """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> metrics),
-  jitted with the state's shardings; train_step donates the state."""
+  """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> (metrics,
+  memory rows: the usage counts of memory layers, `metrics.memory_rows`)), jitted with the
+  state's shardings; train_step donates the state."""
   model, tx = setup.model, setup.tx
 
   def loss_fn(params, batch):
@@ -140,19 +141,28 @@ def make_steps(task: Task, setup: Setup, placement: Placement):
 
   train_step = jax.jit(train_step, in_shardings=(placement.state, placement.batch),
                        out_shardings=(placement.state, placement.replicated), donate_argnums=0)
-  eval_step = jax.jit(lambda params, batch: loss_fn(params, batch)[1],
-                      in_shardings=(placement.state.params, placement.batch),
+  def eval_step(params, batch):
+    logits, intermediates = model.apply({"params": params}, batch["inputs"],
+                                        batch.get("segment_ids"), mutable=["intermediates"])
+    return task.loss_and_metrics(logits, batch)[1], memory_rows(intermediates)
+
+  eval_step = jax.jit(eval_step, in_shardings=(placement.state.params, placement.batch),
                       out_shardings=placement.replicated)
   return train_step, eval_step
 
 
 def evaluate(eval_step, params, eval_data, placement: Placement) -> dict:
-  """Mean of eval_step's metrics over the batches of `eval_data`, as eval_<name>."""
+  """Mean of eval_step's metrics over the batches of `eval_data`, as eval_<name>, and the
+  memory-layer usage over the whole of `eval_data` (`metrics.memory_usage`) when the model
+  has memory layers."""
   totals = None
   for j in range(len(eval_data)):
     m = eval_step(params, placement.put(eval_data[j]))
     totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-  return {f"eval_{k}": float(v) / len(eval_data) for k, v in sharding.to_host(totals).items()}
+  means, rows = sharding.to_host(totals)
+  usage = memory_usage(**rows) if rows else {}
+  return {f"eval_{k}": float(v) / len(eval_data) for k, v in means.items()} | {
+      f"eval_{k}": v for k, v in usage.items()}
 
 
 class Progress:

@@ -1,10 +1,13 @@
 """Metrics to a JSONL file and TensorBoard event files (tensorboardX); on resume both are cut
-back to the restored step so the logs read as one uninterrupted run."""
+back to the restored step so the logs read as one uninterrupted run. And the usage measures
+of memory layers."""
 from __future__ import annotations
 
 import json
 import os
 
+import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
 
@@ -46,3 +49,26 @@ def read_metrics(workdir: str) -> list[dict]:
   """The records of `workdir/metrics.jsonl`, in order."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def memory_rows(intermediates) -> dict:
+  """{"row_hits", "row_weights": [tables, N]} from what `layers.MemoryValues` sows in the
+  "intermediates" collection (every value table of the model, stacked); {} when the model
+  has no memory layer."""
+  rows = {"row_hits": [], "row_weights": []}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates):
+    name = getattr(path[-1], "key", None)
+    if name in rows:
+      rows[name].append(leaf)
+  return {name: jax.numpy.stack(leaves) for name, leaves in rows.items() if leaves}
+
+
+def memory_usage(row_hits, row_weights) -> dict[str, float]:
+  """The usage measures of Lample et al. (2019, 4.3) of value tables [tables, N], averaged
+  over the tables: `memory_rows_hit`, the fraction of rows read at least once, and
+  `memory_usage_kl`, KL(p || uniform) = log N + sum_i p_i log p_i of the distribution p of
+  the softmax weight the rows received (0: perfectly even use)."""
+  row_hits, row_weights = np.asarray(row_hits, np.float64), np.asarray(row_weights, np.float64)
+  p = row_weights / np.maximum(row_weights.sum(-1, keepdims=True), 1e-30)
+  kl = np.log(p.shape[-1]) + (p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+  return {"memory_rows_hit": float((row_hits > 0).mean()), "memory_usage_kl": float(kl.mean())}

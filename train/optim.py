@@ -1,5 +1,6 @@
 """The optimizer: AdamW with linear warmup + cosine decay per parameter group, global norm
-clipping and optional gradient accumulation (all optax).
+clipping (shared, or per group where a group sets its own) and optional gradient
+accumulation (all optax).
 
 The groups are declared by the parameters themselves (layers/axes.py: `axes.GROUPS`), so a
 new layer cannot silently get weight decay on its dynamics; `config.opt` gives each group its
@@ -38,19 +39,26 @@ def make_optimizer(opt, total_steps: int,
   """(optimizer, lr(step): the main group's learning rate applied by the update that the
   0-based training step `step` contributes to, for logging) from the `opt` config.
 
-  opt: lr, weight_decay, groups ({group: {lr, weight_decay}}; ssm_lr is groups.ssm.lr), b1,
-  b2, eps, warmup_steps, final_lr_ratio, clip_norm, grad_accum_steps (k: an update every k
-  steps, so the schedules count total_steps // k updates).
+  opt: lr, weight_decay, groups ({group: {lr, weight_decay, clip_norm (optional)}}; ssm_lr
+  is groups.ssm.lr), b1, b2, eps, warmup_steps, final_lr_ratio, clip_norm (the global norm
+  of the gradients of every group without its own clip_norm; a group with one is clipped
+  alone), grad_accum_steps (k: an update every k steps, so the schedules count
+  total_steps // k updates).
   labels: the group of every parameter (`axes.groups` of the boxed parameters), a tree of
   the parameters' structure.
   """
   k = opt.grad_accum_steps
   updates = max(1, total_steps // k)
-  transforms = {
-      group: optax.adamw(schedule(opt, updates, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                         weight_decay=weight_decay)
-      for group, (lr, weight_decay) in group_settings(opt).items()}
-  tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm),
+  own_clip = {group: hyper.clip_norm for group, hyper in opt.groups.items()
+              if hyper.get("clip_norm") is not None}
+  transforms = {}
+  for group, (lr, weight_decay) in group_settings(opt).items():
+    adamw = optax.adamw(schedule(opt, updates, lr), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                        weight_decay=weight_decay)
+    transforms[group] = (optax.chain(optax.clip_by_global_norm(own_clip[group]), adamw)
+                         if group in own_clip else adamw)
+  shared_clip = jax.tree.map(lambda group: group not in own_clip, labels)
+  tx = optax.chain(optax.masked(optax.clip_by_global_norm(opt.clip_norm), shared_clip),
                    optax.multi_transform(transforms, labels))
   if k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k)

@@ -9,6 +9,7 @@ from layers.ops.attention import attention, attention_prefill, attention_step, i
 from layers.ops.gated_delta_rule import gated_delta_rule
 from layers.ops.linear_attention import linear_attention
 from layers.ops.linear_scan import linear_scan, log_linear_scan
+from layers.ops.product_keys import memory_lookup, product_key_topk
 from layers.ops.s4d import causal_conv, s4d_conv, s4d_discretize, s4d_kernel
 from layers.ops.selective_scan import selective_scan
 
@@ -22,6 +23,8 @@ __all__ = [
     "linear_attention",
     "linear_scan",
     "log_linear_scan",
+    "memory_lookup",
+    "product_key_topk",
     "s4d_conv",
     "s4d_discretize",
     "s4d_kernel",

@@ -43,6 +43,11 @@ AUTO_FORMS: dict[str, dict[str, str]] = {
     "s4d_conv": {"cpu": "fft", "accelerator": "fft"},
     "attention": {"cpu": "reference", "accelerator": "reference"},
     "attention_prefill": {"cpu": "reference", "accelerator": "reference"},
+    # exact either way; not benchmarked yet: the product form scores 2n sub-keys and k^2
+    # candidates per head where the reference scores all n^2 product keys
+    "product_key_topk": {"cpu": "product", "accelerator": "product"},
+    # the chunked bag never materialises [B, T, H, k, V] (forward or backward)
+    "memory_lookup": {"cpu": "chunk", "accelerator": "chunk"},
 }
 # Where "auto" leaves AUTO_FORMS by length: op -> (T, form) used from T keys on. Attention:
 # blockwise is 2.4-3.9x faster forward+backward from T = 1024 on (full causal and a 256-token

@@ -48,15 +48,40 @@ def test_every_declared_group_needs_its_settings():
   config.task = {"name": "mqar"}
   assert set(config.opt.groups) == set(axes.GROUPS) - {axes.DEFAULT}
   del config.opt.groups["ssm"]
-  with pytest.raises(ValueError, match=r"opt.groups has no_decay; expected .*: no_decay, ssm"):
+  with pytest.raises(ValueError, match=r"opt.groups has memory, no_decay; expected .*: memory, no_decay, ssm"):
     config_lib.validate(config)
+
+
+def test_memory_group_has_its_own_lr_and_clipping():
+  # eps >> |g|: AdamW's first step is -lr g / (|g| + eps) ~ -lr g / eps, so clipping shows
+  opt = _opt(eps=1e4, clip_norm=1.0)
+  opt.weight_decay = 0.0
+  opt.groups.memory.update(lr=0.3, clip_norm=0.5)
+  tx, _ = optim.make_optimizer(opt, 100, {"w": axes.DEFAULT, "table": axes.MEMORY})
+  params = {"w": jnp.ones(4), "table": jnp.ones(4)}
+  grads = {"w": jnp.full(4, 100.0), "table": jnp.full(4, 0.1)}  # norms 200 and 0.2
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # w alone is clipped to norm 1 (0.5 each); the table keeps its 0.1 (norm 0.2 < 0.5)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 / 1e4, rtol=1e-3)
+  np.testing.assert_allclose(updates["table"], -0.3 * 0.1 / 1e4, rtol=1e-3)
+  grads["table"] = jnp.full(4, 10.0)  # norm 20: clipped to 0.5 by its own clip_norm
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["table"], -0.3 * 0.25 / 1e4, rtol=1e-3)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 / 1e4, rtol=1e-3)
+
+
+def test_memory_lr_follows_the_main_lr():
+  opt = config_lib.base_config("s4d", "tiny").opt
+  opt.lr = 3e-4
+  np.testing.assert_allclose(optim.group_settings(opt)[axes.MEMORY], (3e-3, 0.0))
 
 
 def test_group_sizes_count_the_declared_groups():
   boxed = {"w": axes.Param(jnp.ones((3, 4)), (None, None)),
            "scale": axes.Param(jnp.ones(4), (None,), group=axes.NO_DECAY),
            "dt": axes.Param(jnp.ones(5), (None,), group=axes.SSM)}
-  assert optim.group_sizes(boxed) == {axes.DEFAULT: 12, axes.NO_DECAY: 4, axes.SSM: 5}
+  assert optim.group_sizes(boxed) == {axes.DEFAULT: 12, axes.NO_DECAY: 4, axes.SSM: 5,
+                                      axes.MEMORY: 0}
 
 
 def test_schedule_warms_up_then_decays():

@@ -1,13 +1,14 @@
 """Tasks by name: each builds its grain datasets and declares its loss and metrics."""
 from train.tasks.base import GeneratedTask, Task
 from train.tasks.lra import Image, ListOps, Pathfinder, Retrieval, Text
-from train.tasks.synthetic import InductionHeads, MQAR, SelectiveCopying
+from train.tasks.synthetic import Facts, InductionHeads, MQAR, SelectiveCopying
 from train.tasks.text import CharLM
 
 TASKS: dict[str, type[Task]] = {
     "mqar": MQAR,
     "selective_copying": SelectiveCopying,
     "induction_heads": InductionHeads,
+    "facts": Facts,
     "chars": CharLM,
     "listops": ListOps,
     "text": Text,

@@ -6,6 +6,7 @@ Token 0 is the filler/noise token in every task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -108,4 +109,56 @@ class InductionHeads(GeneratedTask):
     targets = np.zeros(T, np.int32)
     weights = np.zeros(T, np.float32)
     targets[-1], weights[-1] = answer, 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts(GeneratedTask):
+  """Facts stored in the parameters: a fixed random table of `num_facts` facts
+  (subject, relation) -> object, drawn once from the seed and the same in every batch.
+
+  n = ceil(sqrt(num_facts)) subjects and n relations (a square table, so neither embedding
+  alone can hold a fact), `num_facts` of the n**2 pairs without replacement, objects uniform
+  among `num_objects`. An example asks `facts_per_example` facts drawn uniformly as
+  `subject relation object` triples, nothing stated in context; the target at each relation
+  token is the object, and only those positions count. Tokens: 0 unused, subjects 1..n,
+  relations n+1..2n, objects 2n+1..2n+num_objects.
+  """
+  num_facts: int = 1024
+  num_objects: int = 64
+  facts_per_example: int = 8
+
+  def __post_init__(self):
+    _fields_check("Facts", self.num_facts >= 1, f"num_facts={self.num_facts} must be >= 1")
+    _fields_check("Facts", self.num_objects >= 2,
+                  f"num_objects={self.num_objects} must be >= 2")
+    _fields_check("Facts", self.facts_per_example >= 1,
+                  f"facts_per_example={self.facts_per_example} must be >= 1")
+
+  @property
+  def num_subjects(self) -> int:
+    """n, the number of subjects and of relations."""
+    return int(np.ceil(np.sqrt(self.num_facts)))
+
+  @property
+  def vocab_size(self) -> int:
+    return 1 + 2 * self.num_subjects + self.num_objects
+
+  @functools.cached_property
+  def table(self) -> np.ndarray:
+    """[num_facts, 3] int32 rows (subject, relation, object) as tokens; a pure function of
+    the seed (its own stream, apart from the splits')."""
+    n = self.num_subjects
+    rng = np.random.default_rng([self.seed, len(self.SPLITS)])
+    pairs = rng.choice(n * n, self.num_facts, replace=False)
+    objects = rng.integers(0, self.num_objects, self.num_facts)
+    return np.stack([1 + pairs // n, 1 + n + pairs % n, 1 + 2 * n + objects],
+                    axis=1).astype(np.int32)
+
+  def example(self, rng):
+    facts = self.table[rng.integers(0, self.num_facts, self.facts_per_example)]
+    inputs = facts.ravel()
+    targets = np.zeros_like(inputs)
+    weights = np.zeros(inputs.shape, np.float32)
+    targets[1::3], weights[1::3] = facts[:, 2], 1.0
     return {"inputs": inputs, "targets": targets, "weights": weights}
