@@ -1,0 +1,113 @@
+"""Decode throughput of the Block Transformer against a vanilla attention LM of about the same
+parameter count, the same sampler (greedy) and the same prompts, with the KV-cache bytes each
+holds.
+
+  python -m benchmarks.block_transformer [--quick] [--out benchmarks/results/block_transformer.json]
+
+Models: the `size` of configs/lm/chars.py (default small: d=128): the Block Transformer with
+block and token decoders of n_layers attention layers each (block length 4, prefix ratio 2),
+the LM with 2 * n_layers layers. Per (batch, prompt context) both run `seqmodels.generate`
+with N1 and N2 new tokens; decode throughput = B (N2 - N1) / (t(N2) - t(N1)) generated tokens/s
+(prefill excluded), prefill time = t(N1) - B N1 / throughput. The reference attention op
+scores a [B, H, T, C] matrix in prefill, so contexts whose scores would not fit in --max_gib
+are skipped (and listed).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from seqmodels import BlockTransformer, TaskFacts, build_model, generate
+from train import config_lib
+
+VOCAB = 256
+
+
+def models(size: str) -> dict:
+  """{"lm": LanguageModel, "block_transformer": BlockTransformer} of about equal size."""
+  lm = config_lib.base_config("attention", size)
+  bt = config_lib.base_config("attention", size)
+  config_lib.block_transformer(bt.model)
+  lm.model.n_layers = 2 * lm.model.n_layers
+  facts = TaskFacts(vocab_size=VOCAB)
+  return {"lm": build_model(lm.model, facts), "block_transformer": build_model(bt.model, facts)}
+
+
+def cache_bytes(model, variables, batch: int, context: int, new_tokens: int) -> int:
+  """Bytes of the decoding state `generate` holds for `context` + `new_tokens` tokens."""
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  shape = lambda *args, method: jax.eval_shape(
+      lambda: model.apply(variables, *args, method=method))
+  if isinstance(model, BlockTransformer):
+    L = model.block_length
+    blocks = math.ceil((context + new_tokens) / L) + 1  # generate_blocks sizes for r_b < L
+    return (nbytes(shape(batch, blocks, method="init_block_state"))
+            + nbytes(shape(batch, method="init_token_state")))
+  return nbytes(shape(batch, context + new_tokens, method="init_state"))
+
+
+def score_gib(model, batch: int, context: int, new_tokens: int) -> float:
+  """GiB of the largest attention score matrix of the prefill (float32, softmax temporaries
+  about 3x)."""
+  if isinstance(model, BlockTransformer):
+    heads, T = model.d_block // 64 or 1, context // model.block_length + 1
+  else:
+    heads, T = model.backbone.d_model // 64 or 1, context
+  return 3 * 4 * batch * heads * T * (2 * T + new_tokens) / 2 ** 30
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="size tiny, contexts 512 and 2048")
+  parser.add_argument("--size", default="small")
+  parser.add_argument("--batches", default="1,16")
+  parser.add_argument("--contexts", default="512,2048,8192")
+  parser.add_argument("--new_tokens", default="16,144", help="N1,N2")
+  parser.add_argument("--max_gib", type=float, default=4.0)
+  parser.add_argument("--out", default="benchmarks/results/block_transformer.json")
+  args = parser.parse_args()
+  size, contexts = ("tiny", "512,2048") if args.quick else (args.size, args.contexts)
+  n1, n2 = map(int, args.new_tokens.split(","))
+  built = models(size)
+  variables = {name: jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+               for name, model in built.items()}
+  params = {name: sum(x.size for x in jax.tree.leaves(v)) for name, v in variables.items()}
+  print(", ".join(f"{name}: {n:,} parameters" for name, n in params.items()))
+  rows, skipped = [], []
+  for batch in map(int, args.batches.split(",")):
+    for context in map(int, contexts.split(",")):
+      prompt = jax.random.randint(jax.random.key(1), (batch, context), 0, VOCAB)
+      for name, model in built.items():
+        gib = score_gib(model, batch, context, n2)
+        if gib > args.max_gib:
+          skipped.append(f"{name} B={batch} context={context} (~{gib:.0f} GiB of scores)")
+          continue
+        fns = {n: (lambda p, n=n: generate(model, variables[name], p, n, jax.random.key(0)))
+               for n in (n1, n2)}
+        t = common.time_fns(fns, prompt, repeats=3)
+        # NaN where timing noise (a loaded machine) swamps the decode time
+        rate = batch * (n2 - n1) / (t[n2] - t[n1]) if t[n2] > t[n1] else float("nan")
+        rows.append({"model": name, "B": batch, "context": context, "params": params[name],
+                     "decode_tokens_per_s": rate,
+                     "prefill_s": t[n1] - batch * n1 / rate,
+                     "kv_cache_MiB": cache_bytes(model, variables[name], batch, context,
+                                                 n2) / 2 ** 20})
+        print(f"  {name} B={batch} context={context}: {rate:.1f} tokens/s", flush=True)
+  for row in rows:
+    lm = [r for r in rows if r["model"] == "lm" and (r["B"], r["context"]) == (row["B"],
+                                                                                row["context"])]
+    if row["model"] == "block_transformer" and lm:
+      row["speedup_vs_lm"] = row["decode_tokens_per_s"] / lm[0]["decode_tokens_per_s"]
+  common.print_table(rows, ["model", "B", "context", "params", "decode_tokens_per_s",
+                            "prefill_s", "kv_cache_MiB", "speedup_vs_lm"])
+  if skipped:
+    print("skipped (the reference attention's O(T^2) scores): " + "; ".join(skipped))
+  common.write_json(args.out, "block_transformer", rows + [{"skipped": skipped}])
+
+
+if __name__ == "__main__":
+  main()
