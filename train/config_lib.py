@@ -112,7 +112,8 @@ def block_transformer(model: ml_collections.ConfigDict, block_length: int = 4,
   """Turns config.model (built by `base_config`) into a Block Transformer's in place: the
   block and token decoders both take the pattern `mixer`, the width d_model and n_layers
   layers (the paper's main configs), then those keys give way to block_pattern,
-  token_pattern, d_block, d_token, n_block_layers and n_token_layers."""
+  token_pattern, d_block, d_token, n_block_layers and n_token_layers (tie_embeddings goes too:
+  the token decoder's head is always tied)."""
   with model.unlocked():
     model.update(architecture="block_transformer", block_length=block_length,
                  block_pattern=model.mixer, token_pattern=model.mixer,

@@ -96,6 +96,7 @@ class CharLM(Task):
     return grain.MapDataset.range(2**62).map(lambda i: take(epoch_order(i // n)[i % n]))
 
   def model_facts(self):
+    """Token facts, and that packed documents start at multiples of `block_align`."""
     return dataclasses.replace(super().model_facts(), segment_starts=self.block_align)
 
   def loss_and_metrics(self, logits: jax.Array, batch: dict):
