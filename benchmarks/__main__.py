@@ -16,8 +16,8 @@ import re
 import sys
 import time
 
-from benchmarks import (attention, common, decode, kernels, linear_attention, scan,
-                        selective_scan, train_step)
+from benchmarks import (attention, block_transformer, common, decode, kernels,
+                        linear_attention, scan, selective_scan, train_step)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # name -> run(full) -> common.Result; run in this order
@@ -30,6 +30,7 @@ BENCHMARKS = {
     "train_step": train_step.run,
     "train_step_dp": train_step.run_data_parallel,
     "decode": decode.run,
+    "block_transformer": block_transformer.run,
 }
 
 

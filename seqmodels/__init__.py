@@ -2,6 +2,7 @@
 and the registry of mixers / block patterns / architectures by name."""
 from seqmodels import registry
 from seqmodels.backbone import Backbone, Block
+from seqmodels.block_transformer import BlockTransformer
 from seqmodels.generate import generate
 from seqmodels.models import (ARCHITECTURES, Classifier, LanguageModel, TaskFacts,
                               build_model)
@@ -12,6 +13,7 @@ __all__ = [
     "GREEDY",
     "Backbone",
     "Block",
+    "BlockTransformer",
     "Classifier",
     "LanguageModel",
     "Sampler",

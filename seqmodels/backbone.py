@@ -151,7 +151,15 @@ class Backbone(nn.Module):
 
   def __call__(self, inputs, state=None, segment_ids=None):
     """inputs: [B, T] tokens or [B, T, F] -> (h: [B, T, D], per-layer states)."""
-    x = self._embed(inputs, step=False)
+    return self.mix(self.embed_inputs(inputs), state, segment_ids)
+
+  def embed_inputs(self, inputs):
+    """inputs: [B, T] tokens or [B, T, F] -> x: [B, T, D], the input of the first block."""
+    return self._embed(inputs, step=False)
+
+  def mix(self, x, state=None, segment_ids=None):
+    """x: [B, T, D] already embedded (`embed_inputs`, or vectors of the caller's own) ->
+    (h: [B, T, D], per-layer states): the blocks and the final norm."""
     states = (None,) * self.n_layers if state is None else state
     new_states = []
     for block, s in zip(self.blocks, states):
@@ -165,7 +173,10 @@ class Backbone(nn.Module):
 
   def step(self, inputs_t, state):
     """inputs_t: [B] tokens or [B, F] -> (h_t: [B, D], per-layer states)."""
-    x = self._embed(inputs_t, step=True)
+    return self.mix_step(self._embed(inputs_t, step=True), state)
+
+  def mix_step(self, x, state):
+    """x: [B, D] already embedded -> (h_t: [B, D], per-layer states)."""
     new_states = []
     for block, s in zip(self.blocks, state):
       x, s = block.step(x, s)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from seqmodels.block_transformer import BlockTransformer, generate_blocks
 from seqmodels.sampling import GREEDY, Sampler
 
 
@@ -89,7 +90,8 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
 
   Args:
     model: a module with `prefill(tokens, state, segment_ids)`, `init_state` and `step`
-      returning logits (`LanguageModel`).
+      returning logits (`LanguageModel`), or a `BlockTransformer` (decoded block by block:
+      `block_transformer.generate_blocks`).
     prompt: [B, P] int; prompts of different lengths are left-padded.
     max_new_tokens: number of tokens to generate (static: one compilation per value).
     rng: PRNG key (unused by greedy decoding).
@@ -101,8 +103,8 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
     new tokens [B, max_new_tokens], in the dtype of prompt.
 
   The prompt ids (padding included: it is embedded too) are checked against the model's
-  vocabulary (`model.backbone.vocab_size`) before compilation. The state is sized
-  `init_state(B, P + max_new_tokens)`, so decoding never runs past a KV cache's capacity
+  vocabulary (`model.backbone.vocab_size`, `model.vocab_size`) before compilation. The state
+  is sized `init_state(B, P + max_new_tokens)`, so decoding never runs past a KV cache's capacity
   (beyond it, full attention would see only the last capacity tokens).
   """
   if jnp.ndim(prompt) != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer):
@@ -116,7 +118,12 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
     raise ValueError(f"generate: prompt_mask must have the prompt's shape {prompt.shape}; "
                      f"got {tuple(jnp.shape(prompt_mask))}")
   check_left_padded(prompt_mask)
+  prompt_mask = jnp.asarray(prompt_mask, bool)
+  if isinstance(model, BlockTransformer):
+    check_token_ids(prompt, model.vocab_size, "generate: prompt")
+    return generate_blocks(model, variables, prompt, prompt_mask, rng, max_new_tokens,
+                           sampler)[0]
   backbone = getattr(model, "backbone", None)
   check_token_ids(prompt, getattr(backbone, "vocab_size", None), "generate: prompt")
-  return _generate(model, variables, prompt, jnp.asarray(prompt_mask, bool), rng,
+  return _generate(model, variables, prompt, prompt_mask, rng,
                    max_new_tokens, sampler)

@@ -13,7 +13,9 @@ from einops import rearrange
 from flax import linen as nn
 
 from layers import axes
+from seqmodels import registry
 from seqmodels.backbone import Backbone
+from seqmodels.block_transformer import BlockTransformer
 
 POOLINGS = ("mean", "last")
 
@@ -120,6 +122,8 @@ class TaskFacts:
   num_classes: int | None = None  # a classification task; None: next-token prediction
   pooling: str = "mean"           # classifiers: "mean" | "last"
   two_tower: bool = False         # classifiers: inputs hold two sequences [B, 2, T(, F)]
+  # packed inputs: segments start at multiples of this (1: anywhere); None: no segment ids
+  segment_starts: int | None = None
 
 
 def backbone(model, facts: TaskFacts) -> Backbone:
@@ -148,11 +152,46 @@ def _classifier(model, facts: TaskFacts) -> Classifier:
   return Classifier(backbone(model, facts), facts.num_classes, facts.pooling, facts.two_tower)
 
 
+def _block_transformer(model, facts: TaskFacts) -> BlockTransformer:
+  if facts.num_classes is not None or facts.vocab_size is None or not facts.causal:
+    raise ValueError("model.architecture='block_transformer' predicts tokens: it needs a "
+                     "causal token task (vocab_size, no classes)")
+  L = model.block_length
+  if facts.segment_starts is not None and facts.segment_starts % L:
+    raise ValueError(f"model.architecture='block_transformer' needs packed documents to "
+                     f"start on block boundaries (multiples of block_length={L}); the task "
+                     f"starts them at multiples of {facts.segment_starts} (CharLM: set "
+                     f"task.block_align={L})")
+  return BlockTransformer(
+      vocab_size=facts.vocab_size, block_length=L, d_block=model.d_block,
+      d_token=model.d_token, n_block_layers=model.n_block_layers,
+      n_token_layers=model.n_token_layers, block_pattern=model.block_pattern,
+      token_pattern=model.token_pattern, prefix_ratio=model.prefix_ratio,
+      mixer_kwargs={name: dict(options) for name, options in model.mixer_kwargs.items()},
+      mlp_expand=model.mlp_expand, dtype=jnp.dtype(model.dtype))
+
+
 # name -> build(config.model, TaskFacts) -> the module
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "lm": _language_model,          # next-token logits; decodable (prefill, step)
     "classifier": _classifier,      # pooled class logits (LRA)
+    "block_transformer": _block_transformer,  # next-token logits; decoded block by block
 }
+
+# config.model keys that name a mixer or block pattern, per architecture
+PATTERN_KEYS = {"block_transformer": ("block_pattern", "token_pattern")}
+
+
+def model_patterns(model) -> dict[str, str]:
+  """{config.model key: the mixer or block pattern it names}: `mixer` (lm, classifier), or
+  the block transformer's block_pattern and token_pattern."""
+  return {key: model[key] for key in PATTERN_KEYS.get(model.architecture, ("mixer",))}
+
+
+def model_mixers(model) -> tuple[str, ...]:
+  """The mixer names the model of config.model uses, each once, in order."""
+  names = (n for p in model_patterns(model).values() for n in registry.get_pattern(p))
+  return tuple(dict.fromkeys(names))
 
 
 def get_architecture(name: str) -> Callable[..., nn.Module]:

@@ -13,7 +13,7 @@ from ml_collections.config_dict import placeholder
 from layers import axes
 from layers import memory as memory_lib
 from seqmodels import registry
-from seqmodels.models import get_architecture
+from seqmodels.models import get_architecture, model_mixers, model_patterns
 from train import sharding
 
 SIZES = {  # size name -> (d_model, n_layers)
@@ -109,6 +109,39 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
   return config
 
 
+ARCHS = ("lm", "block_transformer")  # the `arch=` of the language-model configs
+
+
+def set_architecture(config: ml_collections.ConfigDict, arch: str) -> None:
+  """The `arch=` option of a language-model config: "lm" keeps config.model as it is;
+  "block_transformer" makes it a Block Transformer's (`block_transformer`), and a task that
+  packs documents (task.block_align) aligns them to its blocks (one value: overriding
+  either key changes both)."""
+  if arch not in ARCHS:
+    raise ValueError(f"config argument arch={arch!r}: expected one of {', '.join(ARCHS)}")
+  if arch == "block_transformer":
+    block_transformer(config.model)
+    if "block_align" in config.task:
+      config.task.block_align = config.model.get_ref("block_length")
+
+
+def block_transformer(model: ml_collections.ConfigDict, block_length: int = 4,
+                      prefix_ratio: int = 2) -> None:
+  """Turns config.model (built by `base_config`) into a Block Transformer's in place: the
+  block and token decoders both take the pattern `mixer`, the width d_model and n_layers
+  layers (the paper's main configs), then those keys give way to block_pattern,
+  token_pattern, d_block, d_token, n_block_layers and n_token_layers (tie_embeddings goes too:
+  the token decoder's head is always tied)."""
+  with model.unlocked():
+    model.update(architecture="block_transformer", block_length=block_length,
+                 block_pattern=model.mixer, token_pattern=model.mixer,
+                 d_block=model.d_model, d_token=model.d_model,
+                 n_block_layers=model.n_layers, n_token_layers=model.n_layers,
+                 prefix_ratio=prefix_ratio)
+    for key in ("mixer", "d_model", "n_layers", "tie_embeddings"):
+      del model[key]
+
+
 def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collections.ConfigDict:
   """A Long Range Arena run (configs/lra/): `arg` picks model= (default s4d) and size= among
   `sizes` (the first is the default); `task` holds the task's options. Each size gives
@@ -136,21 +169,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   with a valid range is checked: RANGES)."""
   model, opt, run = config.model, config.opt, config.run
   sharding.check_rules(config.mesh.rules)
-  if model.mixer not in registry.known_models():
-    raise ValueError(f"model.mixer={model.mixer!r} is unknown; known: "
-                     f"{', '.join(registry.known_models())}")
   get_architecture(model.architecture)
+  patterns = model_patterns(model)
+  for key, pattern in patterns.items():
+    if pattern not in registry.known_models():
+      raise ValueError(f"model.{key}={pattern!r} is unknown; known: "
+                       f"{', '.join(registry.known_models())}")
   if model.dtype not in DTYPES:
     raise ValueError(f"model.dtype={model.dtype!r}: expected one of {', '.join(DTYPES)}")
-  names = registry.get_pattern(model.mixer)
+  names = model_mixers(model)
   for name, overrides in model.mixer_kwargs.items():
     if name not in names:
-      raise ValueError(f"model.mixer_kwargs.{name}: the model {model.mixer!r} uses only "
+      raise ValueError(f"model.mixer_kwargs.{name}: the model "
+                       f"{' + '.join(map(repr, patterns.values()))} uses only "
                        f"{', '.join(names)}")
-    registry.build_mixer(name, model.d_model, overrides=overrides.to_dict())
+    registry.build_mixer(name, model.get("d_model", model.get("d_block")),
+                         overrides=overrides.to_dict())
   _validate_memory(model)
   for key, (accepts, expected) in RANGES.items():
     value = _lookup(config, key)
+    if value is _ABSENT:  # a key of another architecture
+      continue
     if not accepts(value):
       raise ValueError(f"{key}={value}: expected {expected}")
   if run.steps < opt.grad_accum_steps:
@@ -165,6 +204,9 @@ BELOW_ONE = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 RANGES = {  # dotted key -> (accepts(value), what it accepts), checked in this order
     "model.d_model": POSITIVE, "model.n_layers": POSITIVE, "model.mlp_expand": POSITIVE,
+    "model.block_length": POSITIVE, "model.prefix_ratio": POSITIVE,
+    "model.d_block": POSITIVE, "model.d_token": POSITIVE,
+    "model.n_block_layers": POSITIVE, "model.n_token_layers": POSITIVE,
     "opt.lr": POSITIVE, "opt.ssm_lr": POSITIVE, "opt.weight_decay": NON_NEGATIVE,
     "opt.b1": BELOW_ONE, "opt.b2": BELOW_ONE, "opt.eps": POSITIVE,
     "opt.warmup_steps": NON_NEGATIVE, "opt.final_lr_ratio": FRACTION,
@@ -175,9 +217,14 @@ RANGES = {  # dotted key -> (accepts(value), what it accepts), checked in this o
 }
 
 
+_ABSENT = object()
+
+
 def _lookup(config, key: str):
-  """config["a"]["b"] of the dotted key "a.b"."""
+  """config["a"]["b"] of the dotted key "a.b" (_ABSENT if the config lacks it)."""
   for part in key.split("."):
+    if part not in config:
+      return _ABSENT
     config = config[part]
   return config
 
@@ -187,6 +234,11 @@ def _validate_memory(model) -> None:
   ProductKeyMemory options."""
   options = model.memory.to_dict()
   layers, _ = options.pop("layers"), options.pop("shared_values")
+  if "n_layers" not in model:  # an architecture without a Backbone of its own (Block Transformer)
+    if layers:
+      raise ValueError(f"model.memory.layers={tuple(layers)}: the {model.architecture} "
+                       "architecture has no memory layers; expected ()")
+    return
   memory_lib.check_layers(layers, model.n_layers, "model.memory.layers")
   try:
     memory_lib.check_options(model.d_model, options)

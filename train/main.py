@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seqmodels import registry
+from seqmodels.models import model_mixers, model_patterns
 from train.checkpoint import CheckpointError
 from train.loop import NonFiniteError, train_and_evaluate
 
@@ -100,11 +101,12 @@ def set_mixer_options(config: ml_collections.ConfigDict,
                       options: list[tuple[str, str, str]]) -> None:
   """config.model.mixer_kwargs[mixer][option] = value for each (mixer, option, value), each
   checked against the mixers of the model's pattern and that mixer's options."""
-  used = registry.get_pattern(config.model.mixer) if options else ()
+  used = model_mixers(config.model) if options else ()
   for mixer, option, value in options:
     where = f"{MIXER_OPTION}{mixer}.{option}"
     if mixer not in used:
-      raise ValueError(f"{where}: the model {config.model.mixer!r} uses only "
+      patterns = " + ".join(map(repr, model_patterns(config.model).values()))
+      raise ValueError(f"{where}: the model {patterns} uses only "
                        f"{', '.join(dict.fromkeys(used))}")
     try:
       registry.check_mixer_options(mixer, {option: _literal(value)})

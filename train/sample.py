@@ -14,7 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from seqmodels import Sampler, generate
+from seqmodels import BlockTransformer, LanguageModel, Sampler, generate
 from train import checkpoint
 from train.eval import load_config, restore_state
 from train.loop import build
@@ -25,9 +25,10 @@ def load(workdir: str):
   """(config, model, params, step) of the latest checkpoint in `workdir`."""
   config = load_config(workdir)
   setup = build(config, build_task(config.task), jax.ShapeDtypeStruct((1, 8), jnp.int32))
-  if not hasattr(setup.model, "step"):
+  if not isinstance(setup.model, (LanguageModel, BlockTransformer)):
     raise ValueError(f"{workdir!r} holds a model.architecture={config.model.architecture!r} "
-                     "run; train.sample decodes language models (architecture 'lm')")
+                     "run; train.sample decodes language models (architecture 'lm' or "
+                     "'block_transformer')")
   on_one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   state, step = restore_state(workdir, checkpoint.abstract(
       setup.abstract_state, jax.tree.map(lambda _: on_one_device, setup.abstract_state)))

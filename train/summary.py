@@ -22,12 +22,19 @@ def parameter_rows(params) -> dict[str, int]:
 def model_summary(model_config, boxed) -> str:
   """A few lines on the model of config.model (architecture, mixers, widths) and its boxed
   parameters (`jax.eval_shape(model.init)`): per-block counts and per-group counts."""
-  pattern = registry.get_pattern(model_config.mixer)
-  lines = [f"model: {model_config.architecture}, mixer {model_config.mixer!r}, "
-           f"{model_config.n_layers} layers, d_model {model_config.d_model}, "
-           f"dtype {model_config.dtype}"]
+  if model_config.architecture == "block_transformer":
+    m = model_config
+    lines = [f"model: block_transformer, block length {m.block_length}, block decoder "
+             f"{m.block_pattern!r} {m.n_block_layers} layers d_block {m.d_block}, token decoder "
+             f"{m.token_pattern!r} {m.n_token_layers} layers d_token {m.d_token}, prefix ratio "
+             f"{m.prefix_ratio}, dtype {m.dtype}"]
+  else:
+    lines = [f"model: {model_config.architecture}, mixer {model_config.mixer!r}, "
+             f"{model_config.n_layers} layers, d_model {model_config.d_model}, "
+             f"dtype {model_config.dtype}"]
   for name, count in parameter_rows(nn.unbox(boxed)).items():
     if name.startswith("backbone/blocks_"):
+      pattern = registry.get_pattern(model_config.mixer)
       name += f" ({pattern[int(name.rsplit('_', 1)[1]) % len(pattern)]})"
     lines.append(f"  {name:<32} {count:>12,}")
   sizes = optim.group_sizes(boxed)

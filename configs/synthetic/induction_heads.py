@@ -9,7 +9,7 @@ from train import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = config_lib.parse_arg(arg, model="attention", size="tiny")
+  options = config_lib.parse_arg(arg, model="attention", size="tiny", arch="lm")
   config = config_lib.base_config(options["model"], options["size"])
   config.task = ml_collections.ConfigDict(dict(
       name="induction_heads",
@@ -17,4 +17,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=64,
       seed=0,
   ))
+  config_lib.set_architecture(config, options["arch"])
   return config

@@ -11,7 +11,7 @@ from train import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = config_lib.parse_arg(arg, model="attention", size="tiny")
+  options = config_lib.parse_arg(arg, model="attention", size="tiny", arch="lm")
   config = config_lib.base_config(options["model"], options["size"])
   config.task = ml_collections.ConfigDict(dict(
       name="mqar",
@@ -26,4 +26,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.run.batch_size = 32
   config.run.eval_every = 100
   config.run.checkpoint_every = 100
+  config_lib.set_architecture(config, options["arch"])
   return config

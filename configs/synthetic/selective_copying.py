@@ -8,7 +8,7 @@ from train import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = config_lib.parse_arg(arg, model="attention", size="tiny")
+  options = config_lib.parse_arg(arg, model="attention", size="tiny", arch="lm")
   config = config_lib.base_config(options["model"], options["size"])
   config.task = ml_collections.ConfigDict(dict(
       name="selective_copying",
@@ -17,4 +17,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=64,      # length of the region holding the data tokens
       seed=0,
   ))
+  config_lib.set_architecture(config, options["arch"])
   return config

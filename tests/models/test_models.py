@@ -148,7 +148,8 @@ def _model_config(architecture, mixer="s4d", **kw):
 ])
 def test_every_architecture_builds_from_config_and_task_facts_and_trains_by_one_call(
     architecture, facts, inputs, logits_shape):
-  assert set(ARCHITECTURES) == {"lm", "classifier"}
+  # (block_transformer: tests/models/test_block_transformer.py)
+  assert set(ARCHITECTURES) == {"lm", "classifier", "block_transformer"}
   model = build_model(_model_config(architecture), facts)
   segment_ids = jnp.ones(inputs.shape[:3 if facts.two_tower else 2], jnp.int32)
   variables = harness.init_variables(model, jax.random.key(0), inputs)  # segment_ids: None
@@ -177,7 +178,7 @@ def test_tie_embeddings_comes_from_the_config():
     (lambda: registry.build_mixer("s4d", D, overrides={"d_stat": 4}),
      r"mixer 's4d': unknown option\(s\) d_stat; known: .*d_state"),
     (lambda: build_model(_model_config("seq2seq"), TaskFacts(vocab_size=VOCAB)),
-     r"model.architecture='seq2seq' is unknown; known: classifier, lm"),
+     r"model.architecture='seq2seq' is unknown; known: block_transformer, classifier, lm"),
     (lambda: build_model(_model_config("lm"), TaskFacts(vocab_size=VOCAB, num_classes=2)),
      r"architecture='lm' predicts tokens, but the task has 2 classes; use 'classifier'"),
     (lambda: build_model(_model_config("classifier"), TaskFacts(vocab_size=VOCAB)),

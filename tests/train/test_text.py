@@ -41,6 +41,19 @@ def test_pack_keeps_documents_apart():
   np.testing.assert_array_equal(windows["weights"][0], [1, 1, 1, 1])
 
 
+def test_pack_block_aligned_starts_documents_on_blocks():
+  windows = pack([b"abcde", b"fg", b"hijklmnopq"], seq_len=8, block_align=4)
+  # abcde... | fg.. | hijklmnopq.. (. = padding byte 0, kept in its document's segment)
+  np.testing.assert_array_equal(windows["inputs"][0], list(b"abcde\0\0\0"))
+  np.testing.assert_array_equal(windows["segment_ids"][0], [1] * 8)
+  np.testing.assert_array_equal(windows["weights"][0], [1, 1, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(windows["inputs"][1], list(b"fg\0\0hijk"))
+  np.testing.assert_array_equal(windows["segment_ids"][1], [1, 1, 1, 1, 2, 2, 2, 2])
+  np.testing.assert_array_equal(windows["weights"][1], [1, 0, 0, 0, 1, 1, 1, 1])
+  with pytest.raises(ValueError, match="block_align=3 must be a positive divisor of seq_len=8"):
+    pack([b"abcdefghijk"], seq_len=8, block_align=3)
+
+
 def test_splits_and_endless_epochs(corpus):
   task = CharLM(data=str(corpus), seq_len=32, eval_fraction=0.2)
   docs = read_documents(str(corpus))

@@ -2,7 +2,9 @@
 
 Documents are concatenated into one byte stream and cut into windows of `seq_len` + 1; each
 window carries `segment_ids` (one run per document), so no token attends or recurs across
-documents, and no target crosses a document boundary. Reports bits per byte.
+documents, and no target crosses a document boundary. With `block_align` = L each document is
+padded to a multiple of L bytes (padding: weight 0), so documents start on the block
+boundaries of a Block Transformer. Reports bits per byte.
 """
 from __future__ import annotations
 
@@ -37,11 +39,20 @@ def read_documents(pattern: str) -> list[bytes]:
   return docs
 
 
-def pack(documents: list[bytes], seq_len: int) -> dict[str, np.ndarray]:
+def pack(documents: list[bytes], seq_len: int, block_align: int = 1) -> dict[str, np.ndarray]:
   """Windows [N, seq_len] of `inputs`, next-byte `targets`, `weights` (0 where the target is
-  in another document) and `segment_ids` (1, 2, ... per document within the window)."""
-  stream = np.frombuffer(b"".join(documents), np.uint8).astype(np.int32)
-  doc = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
+  in another document or padding) and `segment_ids` (1, 2, ... per document within the
+  window). block_align = L > 1 pads every document with zero bytes to a multiple of L (the
+  padding belongs to its document's segment), so with seq_len a multiple of L every segment
+  starts at a multiple of L."""
+  if block_align < 1 or seq_len % block_align:
+    raise ValueError(f"CharLM: block_align={block_align} must be a positive divisor of "
+                     f"seq_len={seq_len}")
+  sizes = [-(-len(d) // block_align) * block_align for d in documents]
+  stream = np.frombuffer(b"".join(d.ljust(size, b"\0") for d, size in zip(documents, sizes)),
+                         np.uint8).astype(np.int32)
+  real = np.concatenate([np.arange(size) < len(d) for d, size in zip(documents, sizes)])
+  doc = np.repeat(np.arange(len(documents)), sizes)
   n = (len(stream) - 1) // seq_len
   if n < 1:
     raise ValueError(f"CharLM: {len(stream)} bytes of text are too few for one window of "
@@ -51,7 +62,7 @@ def pack(documents: list[bytes], seq_len: int) -> dict[str, np.ndarray]:
   doc_in, doc_out = doc[starts], doc[starts + 1]
   segment_ids = 1 + doc_in - doc_in[:, :1]  # documents are contiguous: 1, 2, ... per window
   return {"inputs": inputs, "targets": targets,
-          "weights": (doc_in == doc_out).astype(np.float32),
+          "weights": ((doc_in == doc_out) & real[starts + 1]).astype(np.float32),
           "segment_ids": segment_ids.astype(np.int32)}
 
 
@@ -63,6 +74,7 @@ class CharLM(Task):
   seq_len: int = 256
   eval_fraction: float = 0.05
   vocab_size: int = 256
+  block_align: int = 1  # documents start at multiples of it (Block Transformer: block_length)
 
   def examples(self, split):
     documents = read_documents(self.data)
@@ -71,7 +83,7 @@ class CharLM(Task):
                        "into train and eval needs at least two")
     n_eval = max(1, round(self.eval_fraction * len(documents)))
     chosen = documents[:-n_eval] if split == "train" else documents[-n_eval:]
-    windows = pack(chosen, self.seq_len)
+    windows = pack(chosen, self.seq_len, self.block_align)
     n = len(windows["inputs"])
     take = lambda j: {k: v[j] for k, v in windows.items()}
     if split != "train":
@@ -82,6 +94,10 @@ class CharLM(Task):
       return np.random.default_rng([self.seed, epoch]).permutation(n)
     # Endless: epoch e visits every window once, in its own permutation.
     return grain.MapDataset.range(2**62).map(lambda i: take(epoch_order(i // n)[i % n]))
+
+  def model_facts(self):
+    """Token facts, and that packed documents start at multiples of `block_align`."""
+    return dataclasses.replace(super().model_facts(), segment_starts=self.block_align)
 
   def loss_and_metrics(self, logits: jax.Array, batch: dict):
     """Cross-entropy in nats and bits per byte (= nats / ln 2) over same-document targets."""
