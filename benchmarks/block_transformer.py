@@ -9,8 +9,9 @@ block and token decoders of n_layers attention layers each (block length 4, pref
 the LM with 2 * n_layers layers. Per (batch, prompt context) both run `seqmodels.generate`
 with N1 and N2 new tokens; decode throughput = B (N2 - N1) / (t(N2) - t(N1)) generated tokens/s
 (prefill excluded), prefill time = t(N1) - B N1 / throughput. The reference attention op
-scores a [B, H, T, C] matrix in prefill, so contexts whose scores would not fit in --max_gib
-are skipped (and listed). With more than MAX_GIB of scores a case is skipped.
+scores a [B, H, T, C] matrix in prefill below `LONG_FORMS["attention_prefill"]` keys (the
+blockwise form above it holds one tile); a case needing more than MAX_GIB of scores is skipped
+(and listed).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from layers.ops import common as ops_common
+from layers.ops.attention import xla as attention_xla
 from seqmodels import BlockTransformer, TaskFacts, build_model, generate
 from train import config_lib
 
@@ -52,13 +55,17 @@ def cache_bytes(model, variables, batch: int, context: int, new_tokens: int) -> 
 
 
 def score_gib(model, batch: int, context: int, new_tokens: int) -> float:
-  """GiB of the largest attention score matrix of the prefill (float32, softmax temporaries
-  about 3x)."""
+  """GiB of the prefill's largest attention scores (float32, softmax temporaries about 3x):
+  the whole [B, H, T, keys] matrix of the dense form, or one [B, H, block, block] tile of the
+  blockwise form that "auto" picks from `LONG_FORMS["attention_prefill"]` keys on."""
   if isinstance(model, BlockTransformer):
     heads, T = model.d_block // 64 or 1, context // model.block_length + 1
   else:
     heads, T = model.backbone.d_model // 64 or 1, context
-  return 3 * 4 * batch * heads * T * (2 * T + new_tokens) / 2 ** 30
+  keys = 2 * T + new_tokens
+  if keys >= ops_common.LONG_FORMS["attention_prefill"][0]:
+    T = keys = attention_xla.BLOCK
+  return 3 * 4 * batch * heads * T * keys / 2 ** 30
 
 
 def run(full: bool = False) -> common.Result:
