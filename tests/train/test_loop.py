@@ -127,7 +127,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     (["--config.run.steps=-5"], "error: run.steps=-5: expected a positive number"),
     (["--config.model.dtype=float16"], "error: model.dtype='float16': expected one of float32"),
     (["--config.model.architecture=seq2seq"],
-     "error: model.architecture='seq2seq' is unknown; known: classifier, lm"),
+     "error: model.architecture='seq2seq' is unknown; known: block_transformer, classifier, "
+     "lm"),
     (["--config.opt.groups.ssm.weight_decay=-1"],
      "error: opt.groups.ssm.weight_decay=-1.0: expected a number >= 0"),
     (["--config.mesh.rules=(('embedd', 'fsdp'),)"],

@@ -121,7 +121,10 @@ def test_a_resume_records_allowed_changes_and_only_finite_states_are_saved(tmp_p
   assert _steps(workdir) == [2, 3]
   with open(tmp_path / workdir_lib.HISTORY) as f:
     records = [json.loads(line) for line in f]
-  assert records == [{"step": 3, "changes": {"opt.lr": [lr, 1e39], "run.steps": [3, 6]}}]
+  # the memory group's lr is a FieldReference to 10 * opt.lr: it changes with it
+  memory_lr = config.opt.groups.memory.lr
+  assert records == [{"step": 3, "changes": {"opt.groups.memory.lr": [10 * lr, memory_lr],
+                                             "opt.lr": [lr, 1e39], "run.steps": [3, 6]}}]
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["opt"]["lr"] == 1e39
 
