@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -118,10 +120,26 @@ def attention_prefill_inputs(T, dtype):
   return (lambda q, k, v, impl: ops.attention_prefill(q, k, v, impl=impl)), (q, k, v)
 
 
+def product_key_topk_inputs(T, dtype, n_keys=16, half=4, topk=4):
+  q = _normal(0, (B, T, H, 2, half), dtype)
+  keys = _normal(1, (H, 2, n_keys, half), dtype)
+  return (lambda q, keys, impl: ops.product_key_topk(q, keys, topk=topk, impl=impl)), (q, keys)
+
+
+def memory_lookup_inputs(T, dtype, rows=256, topk=4):
+  values = _normal(0, (rows, V), dtype)
+  indices = jax.random.randint(jax.random.key(1), (B, T, H, topk), 0, rows)
+  weights = jax.nn.softmax(_normal(2, (B, T, H, topk), dtype), axis=-1)
+  return ((lambda values, indices, weights, impl: (
+      ops.memory_lookup(values, indices, weights, impl=impl), None)),
+      (values, indices, weights))
+
+
 inputs = {"linear_scan": linear_scan_inputs, "log_linear_scan": log_linear_scan_inputs,
           "selective_scan": selective_scan_inputs, "linear_attention": linear_attention_inputs,
           "gated_delta_rule": gated_delta_rule_inputs, "s4d_conv": s4d_conv_inputs,
-          "attention": attention_inputs, "attention_prefill": attention_prefill_inputs}
+          "attention": attention_inputs, "attention_prefill": attention_prefill_inputs,
+          "product_key_topk": product_key_topk_inputs, "memory_lookup": memory_lookup_inputs}
 missing = set(common.FORMS) - set(inputs)
 assert not missing, f"add inputs for the new op(s) {missing}"
 
@@ -153,14 +171,17 @@ assert all(err < 1e-5 for err in errors.values()), errors
 # ## Time against T (float32, forward, jitted, best of 3)
 # On a CPU the sequential reference is often the fastest (it streams memory once, and
 # `"auto"` picks it there: `layers.ops.common.AUTO_FORMS`); the parallel forms pay off on
-# accelerators. `python -m benchmarks` measures the same at larger sizes.
+# accelerators. `python -m benchmarks` measures the same at larger sizes. Pallas kernels run
+# in interpret mode on a CPU (correct, not fast), so they are timed only on an accelerator.
 
 # %%
 lengths = (128, 512, 2048)
-fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
 timed = [op for op, forms in common.FORMS.items() if len(forms) > 1]
+fig, axes = plt.subplots(-(-len(timed) // 3), 3, figsize=(13, 3.5 * -(-len(timed) // 3)),
+                         constrained_layout=True)
+on_cpu = jax.default_backend() == "cpu"
 for ax, op in zip(axes.flat, timed):
-  for impl in common.FORMS[op]:
+  for impl in (f for f in common.FORMS[op] if not (on_cpu and f == "pallas")):
     ms = []
     for T in lengths:
       call, args = inputs[op](T, jnp.float32)
