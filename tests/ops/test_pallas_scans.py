@@ -11,6 +11,7 @@ import pytest
 from layers.ops import _pallas, common, linear_scan, log_linear_scan
 from layers.ops.linear_scan import pallas
 from tests import harness, kernels
+from tests.ops.test_linear_scan import _linear, _log
 
 B, T, D = 2, 37, 3  # T: odd, three time tiles of 16 with padding
 BLOCK_T = 16
@@ -25,18 +26,6 @@ def small_time_tiles(monkeypatch):
   for op, form in (("linear_scan", pallas.linear_scan),
                    ("log_linear_scan", pallas.log_linear_scan)):
     monkeypatch.setitem(common.FORMS[op], "pallas", functools.partial(form, block_t=BLOCK_T))
-
-
-def _linear(impl, reverse=False):
-  def fn(xs, h0, segment_ids):
-    return linear_scan(*xs, h0, impl=impl, reverse=reverse, segment_ids=segment_ids)
-  return fn
-
-
-def _log(impl):
-  def fn(xs, h0, segment_ids):
-    return log_linear_scan(*xs, h0, impl=impl, segment_ids=segment_ids)
-  return fn
 
 
 def _linear_inputs(dtype=jnp.float64, seed=0, shape=(B, T, D)):
