@@ -1,9 +1,12 @@
-"""Train-step time and achieved FLOP/s of a 4-layer d=256 language model at T=1024 for each
-registered mixer, beside this machine's jitted float32 matmul FLOP/s measured in the same run.
+"""Train-step time of a 4-layer d=256 language model (T=1024 at --full) for each registered
+mixer, against its roofline bound on this machine.
 
   python -m benchmarks [--full] --only train_step,train_step_dp
 
-FLOPs per step come from XLA's cost analysis of the compiled step (forward, backward, AdamW).
+FLOPs and bytes per step are counted analytically from the step's jaxpr (`roofline.cost`:
+loop bodies times their trip counts; XLA's cost analysis, shown beside it, counts each loop body
+once) plus the AdamW update's state traffic; the bound is max(FLOPs / matmul FLOP/s,
+bytes / memory bandwidth), both rates measured in the same run.
 train_step_dp instead times the same global batch on 1 device and split over 8 (virtual CPU
 devices here: it runs in a child process started with 8 host devices).
 """
@@ -17,17 +20,11 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import common, roofline
 from seqmodels import registry
 from train import config_lib
 from train.loop import build
 from train.tasks import build_task
-
-
-def matmul_flops_per_s(n: int = 2048) -> float:
-  """Achieved FLOP/s of a jitted float32 n x n matmul."""
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  return 2 * n ** 3 / common.time_fn(jax.jit(jnp.matmul), a, a, repeats=10)
 
 
 def step_fn(mixer: str, batch: int, length: int):
@@ -98,16 +95,24 @@ def run_data_parallel(full: bool = False) -> common.Result:
       settings={"T": length, "B": 8, "mixers": mixers})
 
 
+ADAMW_BYTES_PER_PARAM = 7 * 4  # read parameter, gradient, two moments; write three (float32)
+
+
 def run(full: bool = False) -> common.Result:
   """Train step per mixer (small: 3 mixers at B=1, T=256; full: every mixer, B=2, T=1024)."""
   batch, length = (2, 1024) if full else (1, 256)
-  peak = matmul_flops_per_s()
-  print(f"float32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s")
+  peak, bandwidth = roofline.matmul_flops_per_s(), roofline.memory_bandwidth()
+  print(f"float32 matmul 2048^2: {peak / 1e9:.1f} GFLOP/s; read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s", flush=True)
   rows = []
   for mixer in _mixers(full):
     step, params, opt_state, tokens = step_fn(mixer, batch, length)
-    cost = step.lower(params, opt_state, tokens).compile().cost_analysis()
-    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    xla = step.lower(params, opt_state, tokens).compile().cost_analysis()
+    xla_flops = float((xla[0] if isinstance(xla, list) else xla).get("flops", 0.0))
+    cost = roofline.cost(step, params, opt_state, tokens)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    step_bytes = cost.bytes + ADAMW_BYTES_PER_PARAM * n_params
+    bound = max(cost.flops / peak, step_bytes / bandwidth)
     state = [params, opt_state]
 
     def run(tokens):
@@ -116,16 +121,23 @@ def run(full: bool = False) -> common.Result:
 
     seconds = common.time_fn(run, tokens, repeats=3)
     rows.append({"mixer": mixer, "B": batch, "T": length, "step_ms": 1e3 * seconds,
-                 "tokens_per_s": batch * length / seconds, "gflop_per_step": flops / 1e9,
-                 "gflop_per_s": flops / seconds / 1e9, "fraction_of_matmul": flops / seconds / peak,
-                 "matmul_gflop_per_s": peak / 1e9})
-    print(f"  {mixer}: {1e3 * seconds:.1f} ms/step", flush=True)
+                 "tokens_per_s": batch * length / seconds, "gflop": cost.flops / 1e9,
+                 "xla_gflop": xla_flops / 1e9, "mib": step_bytes / 2**20,
+                 "bound_ms": 1e3 * bound, "step_over_bound": seconds / bound,
+                 "loop_steps": int(cost.loop_steps),
+                 "us_per_loop_step": (1e6 * max(seconds - bound, 0.0) / cost.loop_steps
+                                      if cost.loop_steps else None)})
+    print(f"  {mixer}: {1e3 * seconds:.1f} ms/step, bound {1e3 * bound:.1f} ms", flush=True)
   return common.Result(
-      rows, ["mixer", "B", "T", "step_ms", "tokens_per_s", "gflop_per_step", "gflop_per_s",
-             "fraction_of_matmul"],
-      note=f"4-layer d=256 LM, AdamW; float32 matmul 2048^2 reached {peak / 1e9:.1f} GFLOP/s "
-           "in the same run.",
-      settings={"B": batch, "T": length})
+      rows, ["mixer", "B", "T", "step_ms", "tokens_per_s", "gflop", "xla_gflop", "mib",
+             "bound_ms", "step_over_bound", "loop_steps", "us_per_loop_step"],
+      note=f"4-layer d=256 LM, AdamW. gflop / mib: analytic FLOPs and matmul + optimizer bytes "
+           f"per step (`benchmarks/roofline.py`); xla_gflop: XLA's cost analysis, which counts a "
+           f"loop body once. bound = max(gflop / {peak / 1e9:.1f} GFLOP/s float32 matmul, mib / "
+           f"{bandwidth / 1e9:.1f} GB/s read bandwidth), both measured in the same run; "
+           f"us_per_loop_step: (step - bound) / sequential loop iterations.",
+      settings={"B": batch, "T": length, "matmul_gflop_per_s": peak / 1e9,
+                "bandwidth_gb_per_s": bandwidth / 1e9})
 
 
 if __name__ == "__main__":  # the child of run_data_parallel: argv = T, mixers; rows as JSON

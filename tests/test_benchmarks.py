@@ -30,3 +30,32 @@ def test_decode_loop_is_one_program_at_every_context_unless_the_state_grows():
     model = decode.language_model(mixer, d_model=32, n_layers=1)
     same = decode.decode_program(model, 2, 16) == decode.decode_program(model, 2, 4096)
     assert same == decode.is_recurrent(mixer) == (mixer != "attention"), mixer
+
+
+def test_analytic_cost_multiplies_loop_bodies_by_their_trip_counts():
+  """A matmul looped 100 times costs 100 matmuls (XLA's cost analysis counts one); a cond costs
+  its costliest branch; a depthwise conv counts one filter per output element; bytes are the
+  operands and results of the matmuls."""
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+
+  from benchmarks import roofline
+  n = 32
+  x = jnp.ones((n, n), jnp.float32)
+  matmul = 2 * n ** 3
+  looped = roofline.cost(lambda x: lax.fori_loop(0, 100, lambda i, c: c @ x, x), x)
+  assert looped.loop_steps == 100 and looped.unknown_loops == 0
+  assert 100 * matmul <= looped.flops <= 100 * matmul + 1000  # + the loop counter's adds
+  assert looped.bytes == 100 * 3 * n * n * 4
+  branches = roofline.cost(lambda x: lax.cond(x[0, 0] > 0, lambda: x @ x @ x, lambda: x), x)
+  assert 2 * matmul <= branches.flops < 2 * matmul + 100
+  grad = roofline.cost(jax.grad(lambda x: jnp.sum(x @ x)), x)
+  assert grad.flops >= 2 * matmul  # the backward's two matmuls (the forward's is dead code)
+  signal, kernel = jnp.ones((2, 100, 8)), jnp.ones((5, 1, 8))
+  conv = roofline.cost(lambda s, k: lax.conv_general_dilated(
+      s, k, (1,), [(4, 0)], dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=8),
+      signal, kernel)
+  assert conv.flops == 2 * (2 * 100 * 8) * 5
+  unknown = roofline.cost(lambda x: lax.while_loop(lambda c: c[0, 0] < 10, lambda c: c @ x, x), x)
+  assert unknown.unknown_loops == 1 and unknown.flops >= matmul
