@@ -49,7 +49,8 @@ def prefill_chunked(model, variables, tokens, state, segment_ids=None, *, chunk_
   """`model.prefill` over the prompt in chunks of `chunk_size` tokens, each continuing the
   state (KV caches, recurrent states) the previous one left: the same logits and state as one
   whole `prefill`, with activations held for one chunk at a time (peak memory O(chunk_size)
-  rather than O(T), besides the state itself). Pure; jit it with model, chunk_size and
+  rather than O(T), besides the state itself and the logits returned: take last_only for
+  decoding). Pure; jit it with model, chunk_size and
   last_only static.
 
     state_0 = state,  (logits_c, state_{c+1}) = prefill(tokens_c, restart_c(state_c), ids_c)
@@ -63,6 +64,9 @@ def prefill_chunked(model, variables, tokens, state, segment_ids=None, *, chunk_
   """
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"prefill_chunked: chunk_size must be a positive int; got {chunk_size!r}")
+  if jnp.ndim(tokens) != 2 or jnp.shape(tokens)[1] < 1:
+    raise ValueError(f"prefill_chunked: tokens must be [B, T] with T >= 1; got shape "
+                     f"{tuple(jnp.shape(tokens))}")
   B, T = tokens.shape
   ids = jnp.ones((B, T), jnp.int32) if segment_ids is None else jnp.asarray(segment_ids)
   empty = jax.tree.map(jnp.zeros_like, state)

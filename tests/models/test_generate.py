@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqmodels import GREEDY, Backbone, LanguageModel, Sampler, generate
+from seqmodels import GREEDY, Backbone, BlockTransformer, LanguageModel, Sampler, generate
 from tests import harness
 
 generate_module = importlib.import_module("seqmodels.generate")
@@ -102,6 +102,15 @@ def test_temperature_one_samples_the_softmax():
      r"prompt row 1 has no real token"),
     (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
                       prefill_chunk=0), r"prefill_chunk must be a positive int or None"),
+    (lambda: generate(BlockTransformer(vocab_size=VOCAB), {}, jnp.ones((2, 3), jnp.int32), 2,
+                      jax.random.key(0), prefill_chunk=2),
+     r"prefill_chunk is for token models; a BlockTransformer prefills its P / L blocks whole"),
+    (lambda: generate_module.prefill_chunked(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32),
+                                             None, chunk_size=0),
+     r"chunk_size must be a positive int"),
+    (lambda: generate_module.prefill_chunked(_model("mingru"), {}, jnp.ones((2, 0), jnp.int32),
+                                             None, chunk_size=2),
+     r"tokens must be \[B, T\] with T >= 1"),
 ])
 def test_bad_arguments_raise(make, message):
   with pytest.raises(ValueError, match=message):
