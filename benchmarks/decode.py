@@ -131,7 +131,9 @@ def measure(name: str, batch: int, contexts, new_tokens: int, repeats: int,
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((batch, 8), jnp.int32))
   rows, loops = [], {}
   for context in contexts:
-    chunk = prefill_chunk if context > prefill_chunk else None
+    # (the Block Transformer prefills its context / L blocks whole)
+    chunk = (prefill_chunk if context > prefill_chunk and not isinstance(model, BlockTransformer)
+             else None)
     start, decode, steps = decoding(model, new_tokens, chunk)
     prompt = jax.random.randint(jax.random.key(1), (batch, context), 0, VOCAB)
     args = (variables, prompt, jnp.ones(prompt.shape, bool), jax.random.key(2))
