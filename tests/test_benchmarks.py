@@ -22,13 +22,20 @@ def test_replace_section_rewrites_between_its_markers_only():
     bench_main.replace_section(text, "z", "body")
 
 
-def test_decode_loop_is_one_program_at_every_context_unless_the_state_grows():
-  """Full attention's KV cache grows with the context, so does its decode program (and so do
-  those of the attention LM with a memory layer and of the Block Transformer, whose block
-  decoder caches one entry per block); every other mixer's state has one shape, so its decode
-  loop is the same program (and costs the same) after 16 or 4096 tokens."""
-  growing = {"attention", *decode.EXTRA}
-  for name in decode.models():
+def test_decode_programs_of_the_memory_model_and_block_transformer_grow_with_the_context():
+  """The attention LM with a memory layer and the Block Transformer (whose block decoder caches
+  one entry per block) hold attention caches: their decode programs and states grow."""
+  for name in decode.EXTRA:
     model = decode.build(name, d_model=32, n_layers=2)
+    assert decode.decode_program(model, 2, 16) != decode.decode_program(model, 2, 4096), name
+    assert not decode.is_recurrent(name), name
+
+
+def test_decode_loop_is_one_program_at_every_context_unless_the_state_grows():
+  """Full attention's KV cache grows with the context, so does its decode program; every other
+  mixer's state has one shape, so its decode loop is the same program (and costs the same)
+  after 16 or 4096 tokens."""
+  for mixer in decode.mixers():
+    model = decode.language_model(mixer, d_model=32, n_layers=1)
     same = decode.decode_program(model, 2, 16) == decode.decode_program(model, 2, 4096)
-    assert same == decode.is_recurrent(name) == (name not in growing), name
+    assert same == decode.is_recurrent(mixer) == (mixer != "attention"), mixer
