@@ -42,10 +42,11 @@ def models(size: str) -> dict:
 
 
 def cache_bytes(model, variables, batch: int, context: int, new_tokens: int) -> int:
-  """Bytes of the decoding state `generate` holds for `context` + `new_tokens` tokens."""
+  """Bytes of the decoding state `generate` holds for `context` + `new_tokens` tokens (from
+  shapes alone: `variables` may be `jax.eval_shape`'s)."""
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   shape = lambda *args, method: jax.eval_shape(
-      lambda: model.apply(variables, *args, method=method))
+      lambda v: model.apply(v, *args, method=method), variables)
   if isinstance(model, BlockTransformer):
     L = model.block_length
     blocks = math.ceil((context + new_tokens) / L) + 1  # generate_blocks sizes for r_b < L

@@ -200,19 +200,15 @@ class BlockTransformer(nn.Module):
     return self._logits(h), state
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
-def generate_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng,
-                    max_new_tokens: int, sampler: Sampler):
-  """Block-cached decoding: prompt [B, P] int, left-padded as `prompt_mask` [B, P] bool says
-  -> (new tokens [B, max_new_tokens], (block-decoder states, token-decoder states) at the end).
+def start_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng,
+                 max_new_tokens: int):
+  """The prefill half of `generate_blocks` (pure; jit it with model and max_new_tokens
+  static): each row re-aligned to start at position 0, its complete blocks run into the block
+  decoder (left-padded across rows, so every row holds its own count).
 
-  Each row is re-aligned to start at position 0; its complete blocks fill the block decoder
-  (left-padded across rows, so every row holds its own count), then a `lax.scan` over blocks
-  runs the token decoder (reset to the R prefix positions of the block's context) through the
-  block's L positions, forcing the prompt's tokens of a block the prompt ends in, sampling the
-  rest, and advances the block decoder by the finished block while the row needs more tokens.
-  After P_b + N tokens row b's block decoder holds ceil((P_b + N) / L) entries.
-  """
+  prompt, prompt_mask: [B, P] -> the carry of `decode_blocks`: (context of the next block
+  [B, d_block], block-decoder states, the prompt's tokens of the block it ends in [B, L],
+  how many there are r_b [B], keys [n_iter, L])."""
   apply = functools.partial(model.apply, variables)
   B, P = prompt.shape
   L, N = model.block_length, max_new_tokens
@@ -234,13 +230,26 @@ def generate_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng
   # The prompt's tokens in the block it ends in (forced in the first block of the scan).
   partial = jnp.take_along_axis(
       tokens, jnp.minimum(complete[:, None] * L + jnp.arange(L)[None], P - 1), axis=1)
+  return context, block_state, partial, offset, jax.random.split(rng, (n_iter, L))
+
+
+def decode_blocks(model: BlockTransformer, variables, context, block_state, partial, offset,
+                  keys, max_new_tokens: int, sampler: Sampler):
+  """The decode half of `generate_blocks` (pure; jit it with model, max_new_tokens and sampler
+  static), on `start_blocks`'s carry: a `lax.scan` over blocks runs the token decoder (reset
+  to the R prefix positions of the block's context) through the block's L positions, forcing
+  the prompt's tokens of a block the prompt ends in, sampling the rest, and advances the block
+  decoder by the finished block while the row needs more tokens.
+
+  -> (new tokens [B, max_new_tokens] int32, (block-decoder states, token-decoder states))."""
+  apply = functools.partial(model.apply, variables)
+  B, L, N = partial.shape[0], model.block_length, max_new_tokens
   forced0 = jnp.arange(L)[None] < offset[:, None]
-  keys = jax.random.split(rng, (n_iter, L))
 
   def token(carry, inputs):
     logits, state = carry
     key, forced, prompt_token = inputs
-    t = jnp.where(forced, prompt_token, sampler(key, logits).astype(prompt.dtype))
+    t = jnp.where(forced, prompt_token, sampler(key, logits).astype(partial.dtype))
     return apply(t, state, method="token_step"), t
 
   def block(carry, inputs):
@@ -253,7 +262,8 @@ def generate_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng
     # Positions 0 .. L - 2 feed the token decoder; the last token only ends the block.
     (logits, token_state), head = jax.lax.scan(
         token, (logits, token_state), (keys[:-1], forced[:-1], prompt_tokens[:-1]))
-    last = jnp.where(forced[-1], prompt_tokens[-1], sampler(keys[-1], logits).astype(prompt.dtype))
+    last = jnp.where(forced[-1], prompt_tokens[-1],
+                     sampler(keys[-1], logits).astype(partial.dtype))
     new = jnp.concatenate([head, last[None]], axis=0).T  # [B, L]
     more = offset + N > (k + 1) * L  # the row needs the next block
     next_context, next_state = apply(new, block_state, method="block_step")
@@ -264,7 +274,23 @@ def generate_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng
 
   token_state = apply(B, method="init_token_state")
   (_, block_state, token_state), out = jax.lax.scan(
-      block, (context, block_state, token_state), (jnp.arange(n_iter), keys))
+      block, (context, block_state, token_state), (jnp.arange(len(keys)), keys))
   out = rearrange(out, "k b l -> b (k l)")
   new_tokens = jnp.take_along_axis(out, offset[:, None] + jnp.arange(N)[None], axis=1)
-  return new_tokens.astype(prompt.dtype), (block_state, token_state)
+  return new_tokens, (block_state, token_state)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
+def generate_blocks(model: BlockTransformer, variables, prompt, prompt_mask, rng,
+                    max_new_tokens: int, sampler: Sampler):
+  """Block-cached decoding: prompt [B, P] int, left-padded as `prompt_mask` [B, P] bool says
+  -> (new tokens [B, max_new_tokens], (block-decoder states, token-decoder states) at the end):
+  `start_blocks` (the prompt's complete blocks into the block decoder) then `decode_blocks`
+  (a `lax.scan` over blocks of the token decoder, the block decoder advanced by one entry per
+  finished block). After P_b + N tokens row b's block decoder holds ceil((P_b + N) / L)
+  entries.
+  """
+  carry = start_blocks(model, variables, prompt, prompt_mask, rng, max_new_tokens)
+  new_tokens, states = decode_blocks(model, variables, *carry, max_new_tokens=max_new_tokens,
+                                     sampler=sampler)
+  return new_tokens.astype(prompt.dtype), states

@@ -1,4 +1,5 @@
-"""Autoregressive decoding: parallel prefill, then a `lax.scan` over the model's `step`."""
+"""Autoregressive decoding: parallel prefill (whole or in chunks), then a `lax.scan` over the
+model's `step`."""
 from __future__ import annotations
 
 import functools
@@ -6,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from flax import linen as nn
 
 from seqmodels.block_transformer import BlockTransformer, generate_blocks
@@ -42,10 +44,69 @@ def check_left_padded(prompt_mask) -> None:
     raise ValueError(f"generate: prompt row {empty[0]} has no real token")
 
 
-def start_decoding(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
-  """The prefill half of `generate` (pure; jit it with model, max_new_tokens and sampler
-  static): the state sized init_state(B, P + max_new_tokens), the prompt run into it, and the
-  first new token sampled from the last prompt position's logits.
+def prefill_chunked(model, variables, tokens, state, segment_ids=None, *, chunk_size: int,
+                    last_only: bool = False):
+  """`model.prefill` over the prompt in chunks of `chunk_size` tokens, each continuing the
+  state (KV caches, recurrent states) the previous one left: the same logits and state as one
+  whole `prefill`, with activations held for one chunk at a time (peak memory O(chunk_size)
+  rather than O(T), besides the state itself and the logits returned: take last_only for
+  decoding). Pure; jit it with model, chunk_size and
+  last_only static.
+
+    state_0 = state,  (logits_c, state_{c+1}) = prefill(tokens_c, restart_c(state_c), ids_c)
+
+  The first T % chunk_size tokens form the first chunk, then a `lax.scan` runs the full chunks.
+  restart_c empties (zeros: every mixer's `init_state`) the state of the rows whose segment id
+  changes at the boundary before chunk c, as the whole prefill starts a later segment.
+
+  tokens, segment_ids: [B, T] (segment_ids None: one segment) -> (logits [B, T, vocab], or
+  [B, vocab] at the last position when last_only, and the state after the last token).
+  """
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"prefill_chunked: chunk_size must be a positive int; got {chunk_size!r}")
+  if jnp.ndim(tokens) != 2 or jnp.shape(tokens)[1] < 1:
+    raise ValueError(f"prefill_chunked: tokens must be [B, T] with T >= 1; got shape "
+                     f"{tuple(jnp.shape(tokens))}")
+  B, T = tokens.shape
+  ids = jnp.ones((B, T), jnp.int32) if segment_ids is None else jnp.asarray(segment_ids)
+  empty = jax.tree.map(jnp.zeros_like, state)
+
+  def prefill(state, previous_id, tokens_c, ids_c):
+    """One chunk after a chunk that ended in segment previous_id [B]."""
+    new = ids_c[:, 0] != previous_id
+    state = jax.tree.map(lambda e, s: jnp.where(new.reshape((B,) + (1,) * (s.ndim - 1)), e, s),
+                         empty, state)
+    logits, state = model.apply(variables, tokens_c, state, ids_c, method="prefill")
+    return (logits[:, -1] if last_only else logits), state
+
+  head = T % chunk_size
+  outputs = []
+  if head:
+    logits, state = prefill(state, ids[:, 0], tokens[:, :head], ids[:, :head])
+    outputs.append(logits)
+  if T > head:
+    chunks = lambda x: rearrange(x[:, head:], "b (n c) -> n b c", c=chunk_size)
+
+    def body(carry, inputs):
+      state, previous_id = carry
+      tokens_c, ids_c = inputs
+      logits, state = prefill(state, previous_id, tokens_c, ids_c)
+      return (state, ids_c[:, -1]), logits
+
+    previous = ids[:, head - 1] if head else ids[:, 0]
+    (state, _), logits = jax.lax.scan(body, (state, previous), (chunks(tokens), chunks(ids)))
+    outputs.append(logits[-1] if last_only else rearrange(logits, "n b c v -> b (n c) v"))
+  if last_only:
+    return outputs[-1], state
+  return jnp.concatenate(outputs, axis=1), state
+
+
+def start_decoding(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler,
+                   prefill_chunk=None):
+  """The prefill half of `generate` (pure; jit it with model, max_new_tokens, sampler and
+  prefill_chunk static): the state sized init_state(B, P + max_new_tokens), the prompt run
+  into it (whole, or `prefill_chunked` in chunks of prefill_chunk tokens), and the first new
+  token sampled from the last prompt position's logits.
 
   prompt, prompt_mask: [B, P] (left-padded, see `generate`) -> (first token [B], state, keys
   [max_new_tokens - 1] for `decode_steps`)."""
@@ -54,9 +115,14 @@ def start_decoding(model, variables, prompt, prompt_mask, rng, max_new_tokens, s
   # and rotary positions from 0 at the first real token.
   segment_ids = prompt_mask.astype(jnp.int32)
   state = model.apply(variables, B, P + max_new_tokens, method="init_state")
-  logits, state = model.apply(variables, prompt, state, segment_ids, method="prefill")
+  if prefill_chunk is None:
+    logits, state = model.apply(variables, prompt, state, segment_ids, method="prefill")
+    last = logits[:, -1]
+  else:
+    last, state = prefill_chunked(model, variables, prompt, state, segment_ids,
+                                  chunk_size=prefill_chunk, last_only=True)
   keys = jax.random.split(rng, max_new_tokens)
-  return sampler(keys[0], logits[:, -1]), state, keys[1:]
+  return sampler(keys[0], last), state, keys[1:]
 
 
 def decode_steps(model, variables, token, state, keys, sampler):
@@ -75,17 +141,20 @@ def decode_steps(model, variables, token, state, keys, sampler):
   return tokens.T, state
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler"))
-def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler):
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampler",
+                                             "prefill_chunk"))
+def _generate(model, variables, prompt, prompt_mask, rng, max_new_tokens, sampler,
+              prefill_chunk=None):
   first, state, keys = start_decoding(model, variables, prompt, prompt_mask, rng,
-                                      max_new_tokens, sampler)
+                                      max_new_tokens, sampler, prefill_chunk)
   rest, _ = decode_steps(model, variables, first, state, keys, sampler)
   return jnp.concatenate([first[:, None], rest], axis=1).astype(prompt.dtype)
 
 
 def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int,
              rng: jax.Array, sampler: Sampler = GREEDY,
-             prompt_mask: jax.Array | None = None) -> jax.Array:
+             prompt_mask: jax.Array | None = None,
+             prefill_chunk: int | None = None) -> jax.Array:
   """Continues `prompt` by `max_new_tokens` tokens drawn with `sampler`.
 
   Args:
@@ -99,6 +168,9 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
     prompt_mask: [B, P] bool, True at real tokens (None: all real). Every row needs at least
       one real token, and the padding must be on the left (checked: right padding would
       decode after the padding and give other tokens than the prompt alone).
+    prefill_chunk: run the prompt in chunks of this many tokens (`prefill_chunked`: the same
+      result, activations of one chunk at a time, for long prompts at large batch); None:
+      whole. Token models only (a BlockTransformer prefills its P / L blocks whole).
   Returns:
     new tokens [B, max_new_tokens], in the dtype of prompt.
 
@@ -119,11 +191,17 @@ def generate(model: nn.Module, variables, prompt: jax.Array, max_new_tokens: int
                      f"got {tuple(jnp.shape(prompt_mask))}")
   check_left_padded(prompt_mask)
   prompt_mask = jnp.asarray(prompt_mask, bool)
+  if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+    raise ValueError(f"generate: prefill_chunk must be a positive int or None; got "
+                     f"{prefill_chunk!r}")
   if isinstance(model, BlockTransformer):
+    if prefill_chunk is not None:
+      raise ValueError("generate: prefill_chunk is for token models; a BlockTransformer "
+                       "prefills its P / L blocks whole")
     check_token_ids(prompt, model.vocab_size, "generate: prompt")
     return generate_blocks(model, variables, prompt, prompt_mask, rng, max_new_tokens,
                            sampler)[0]
   backbone = getattr(model, "backbone", None)
   check_token_ids(prompt, getattr(backbone, "vocab_size", None), "generate: prompt")
   return _generate(model, variables, prompt, prompt_mask, rng,
-                   max_new_tokens, sampler)
+                   max_new_tokens, sampler, prefill_chunk)

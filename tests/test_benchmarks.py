@@ -22,6 +22,15 @@ def test_replace_section_rewrites_between_its_markers_only():
     bench_main.replace_section(text, "z", "body")
 
 
+def test_decode_programs_of_the_memory_model_and_block_transformer_grow_with_the_context():
+  """The attention LM with a memory layer and the Block Transformer (whose block decoder caches
+  one entry per block) hold attention caches: their decode programs and states grow."""
+  for name in decode.EXTRA:
+    model = decode.build(name, d_model=32, n_layers=2)
+    assert decode.decode_program(model, 2, 16) != decode.decode_program(model, 2, 4096), name
+    assert not decode.is_recurrent(name), name
+
+
 def test_decode_loop_is_one_program_at_every_context_unless_the_state_grows():
   """Full attention's KV cache grows with the context, so does its decode program; every other
   mixer's state has one shape, so its decode loop is the same program (and costs the same)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqmodels import GREEDY, Backbone, LanguageModel, Sampler, generate
+from seqmodels import GREEDY, Backbone, BlockTransformer, LanguageModel, Sampler, generate
 from tests import harness
 
 generate_module = importlib.import_module("seqmodels.generate")
@@ -100,6 +100,17 @@ def test_temperature_one_samples_the_softmax():
     (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
                       prompt_mask=jnp.array([[1, 1, 1], [0, 0, 0]], bool)),
      r"prompt row 1 has no real token"),
+    (lambda: generate(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32), 2, jax.random.key(0),
+                      prefill_chunk=0), r"prefill_chunk must be a positive int or None"),
+    (lambda: generate(BlockTransformer(vocab_size=VOCAB), {}, jnp.ones((2, 3), jnp.int32), 2,
+                      jax.random.key(0), prefill_chunk=2),
+     r"prefill_chunk is for token models; a BlockTransformer prefills its P / L blocks whole"),
+    (lambda: generate_module.prefill_chunked(_model("mingru"), {}, jnp.ones((2, 3), jnp.int32),
+                                             None, chunk_size=0),
+     r"chunk_size must be a positive int"),
+    (lambda: generate_module.prefill_chunked(_model("mingru"), {}, jnp.ones((2, 0), jnp.int32),
+                                             None, chunk_size=2),
+     r"tokens must be \[B, T\] with T >= 1"),
 ])
 def test_bad_arguments_raise(make, message):
   with pytest.raises(ValueError, match=message):
@@ -117,3 +128,41 @@ def test_full_attention_prefill_past_the_cache_capacity_raises():
     model.apply(variables, prompt, state, method="prefill")
   model.apply(variables, prompt, model.apply(variables, 1, P, method="init_state"),
               method="prefill")  # fits
+
+
+
+CHUNKED = ("attention", "swa", "mingru", "gated_deltanet")  # one layer each
+T_CHUNKED, CHUNK = 13, 4  # a head of 1 token, then 3 chunks
+
+
+def _chunked_case():
+  """A 4-layer model (full attention, window 3 < chunk, two recurrences), a 3-row prompt of
+  13 tokens: row 0 all real, row 1 left padding that ends exactly at a chunk boundary (the
+  state restarts there), row 2 padding that ends inside a chunk."""
+  model = LanguageModel(Backbone(d_model=16, n_layers=len(CHUNKED), pattern=CHUNKED,
+                                 vocab_size=VOCAB, mixer_kwargs={"swa": {"window": 3}},
+                                 dtype=jnp.float64, param_dtype=jnp.float64))
+  tokens = jax.random.randint(jax.random.key(2), (3, T_CHUNKED), 0, VOCAB)
+  ids = (jnp.arange(T_CHUNKED)[None] >= jnp.array([[0], [5], [7]])).astype(jnp.int32)
+  return model, harness.init_variables(model, jax.random.key(0), tokens), tokens, ids
+
+
+def test_chunked_prefill_equals_whole_prefill():
+  """prefill_chunked: the logits and every layer's state equal one whole prefill."""
+  model, variables, tokens, ids = _chunked_case()
+  state = model.apply(variables, 3, T_CHUNKED + 3, method="init_state")
+  whole = jax.jit(lambda t, s, i: model.apply(variables, t, s, i, method="prefill"))(
+      tokens, state, ids)
+  chunked = jax.jit(lambda t, s, i: generate_module.prefill_chunked(
+      model, variables, t, s, i, chunk_size=CHUNK))(tokens, state, ids)
+  harness.assert_close(chunked[0], whole[0], harness.OUT_TOL, "logits")
+  for name, a, b in zip(CHUNKED, chunked[1], whole[1]):
+    harness.assert_close(a, b, harness.OUT_TOL, f"{name} state")
+
+
+@pytest.mark.slow
+def test_generate_with_chunked_prefill_equals_whole():
+  model, variables, tokens, ids = _chunked_case()
+  run = lambda chunk: generate(model, variables, tokens, 5, jax.random.key(1),
+                               prompt_mask=ids.astype(bool), prefill_chunk=chunk)
+  np.testing.assert_array_equal(run(CHUNK), run(None))
