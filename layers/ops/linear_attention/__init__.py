@@ -4,10 +4,11 @@ from __future__ import annotations
 import jax
 
 from layers.ops import _chunk, common
-from layers.ops.linear_attention import reference, xla
+from layers.ops.linear_attention import pallas, reference, xla
 
 common.register("linear_attention", {"reference": reference.linear_attention,
-                                     "parallel": xla.parallel, "chunk": xla.chunk})
+                                     "parallel": xla.parallel, "chunk": xla.chunk,
+                                     "pallas": pallas.linear_attention})
 
 
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None = None, *,
