@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax
 
 from layers.ops import _chunk, common
-from layers.ops.gated_delta_rule import reference, xla
+from layers.ops.gated_delta_rule import pallas, reference, xla
 
 common.register("gated_delta_rule", {"reference": reference.gated_delta_rule,
-                                     "chunk": xla.chunk})
+                                     "chunk": xla.chunk, "pallas": pallas.gated_delta_rule})
 
 
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
