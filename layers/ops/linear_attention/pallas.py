@@ -232,7 +232,7 @@ def _forward_call(q, k, v, w, G, seg, h0, *, scale, interpret):
 def _backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, scale, interpret):
   """Gradients (dq, dk, dv, dw or None, dG [BH, NC, C], dh0) of `_forward_call`'s o and final
   state, from the chunk-entry states and the cotangents do, dfinal."""
-  (heads, length, K), V = q.shape, v.shape[-1]
+  (heads, _, K), V = q.shape, v.shape[-1]
   num, size = G.shape[1:]
   sp, delta = _Specs(size, K, V, reverse=True), w is not None
   in_specs = ([sp.seq(K), sp.seq(K), sp.seq(V)] + [sp.seq(K)] * delta
