@@ -44,9 +44,10 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     (float32 or wider); at T = 0, an empty o and the initial state.
   """
   op = "gated_delta_rule"
-  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
-      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids)
   form = common.dispatch(op, impl, chunk_size=chunk_size)
+  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
+      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids,
+      keep_narrow=common.resolve_impl(op, impl) == "pallas")
   if q.shape[1] == 0:
     return v.astype(out_dtype), h0
   o, final = form(q, k, v, gates["beta"], gates["g"], h0, resets, scale=scale)

@@ -60,7 +60,6 @@ def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.
   w, u = ut_transform(lay, k.astype(kernel.F32), v.astype(kernel.F32), beta.astype(kernel.F32),
                       g.astype(kernel.F32), resets)
   G, seg = lay.gates(g, resets)
-  o, final = kernel.chunked(lay.seq(q), lay.seq(k), lay.seq(u.astype(v.dtype)),
-                            lay.seq(w.astype(k.dtype)), G, seg, lay.state(h0), float(scale),
-                            "gated_delta_rule")
+  o, final = kernel.chunked(lay.seq(q), lay.seq(k), lay.seq(u), lay.seq(w), G, seg,
+                            lay.state(h0), float(scale), "gated_delta_rule")
   return lay.unseq(o, lay.V), lay.unstate(final).astype(h0.dtype)

@@ -39,9 +39,10 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
     (float32 or wider); at T = 0, an empty o and the initial state.
   """
   op = "linear_attention"
-  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
-      op, q, k, v, {"g": g}, scale, initial_state, segment_ids)
   form = common.dispatch(op, impl, chunk_size=chunk_size)
+  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
+      op, q, k, v, {"g": g}, scale, initial_state, segment_ids,
+      keep_narrow=common.resolve_impl(op, impl) == "pallas")
   if q.shape[1] == 0:
     return v.astype(out_dtype), h0
   o, final = form(q, k, v, gates["g"], h0, resets, scale=scale)
