@@ -53,7 +53,7 @@ def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.
   h0: [B, H, K, V] real; resets: [B, T] bool. Accumulates in float32. Returns o [B, T, H, V]
   in v's dtype (float32 for wider inputs) and S_T in h0's dtype.
   """
-  kernel.check_real("gated_delta_rule", v, h0)
+  kernel.check_real("gated_delta_rule", q, k, v, beta, g, h0)
   q, k, v = kernel.narrow(q), kernel.narrow(k), kernel.narrow(v)
   beta, g = kernel.narrow(beta), kernel.narrow(g)
   lay = kernel.Layout.of(q, v, chunk_size)

@@ -184,9 +184,9 @@ def _backward_kernel(scale: float, delta: bool):
 class _Specs:
   """BlockSpecs over the grid (head h, step n); `chunk(n)` is the chunk that step n visits."""
 
-  def __init__(self, size, K, V, reverse):
+  def __init__(self, num, size, K, V, reverse):
     self.size, self.K, self.V = size, K, V
-    self.chunk = (lambda n: pl.num_programs(1) - 1 - n) if reverse else (lambda n: n)
+    self.chunk = (lambda n: num - 1 - n) if reverse else (lambda n: n)
 
   def seq(self, width):
     return pl.BlockSpec((None, self.size, width), lambda h, n: (h, self.chunk(n), 0))
@@ -215,7 +215,7 @@ def _forward_call(q, k, v, w, G, seg, h0, *, scale, interpret):
   [BH, NC, Kp, Vp] (float32)."""
   (heads, length, K), V = q.shape, v.shape[-1]
   num, size = G.shape[1:]
-  sp, delta = _Specs(size, K, V, reverse=False), w is not None
+  sp, delta = _Specs(num, size, K, V, reverse=False), w is not None
   in_specs = ([sp.seq(K), sp.seq(K), sp.seq(V)] + [sp.seq(K)] * delta
               + [sp.row(), sp.col(), sp.row(), sp.col(), sp.state()])
   f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
@@ -234,7 +234,7 @@ def _backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, scale, interpret)
   state, from the chunk-entry states and the cotangents do, dfinal."""
   (heads, _, K), V = q.shape, v.shape[-1]
   num, size = G.shape[1:]
-  sp, delta = _Specs(size, K, V, reverse=True), w is not None
+  sp, delta = _Specs(num, size, K, V, reverse=True), w is not None
   in_specs = ([sp.seq(K), sp.seq(K), sp.seq(V)] + [sp.seq(K)] * delta
               + [sp.row(), sp.col(), sp.row(), sp.col(), sp.entry(), sp.seq(V), sp.state()])
   out_specs = [sp.seq(K), sp.seq(K), sp.seq(V)] + [sp.seq(K)] * delta + [sp.col(), sp.state()]
@@ -352,7 +352,7 @@ def linear_attention(q, k, v, g, h0, resets, scale=1.0, chunk_size=CHUNK):
   v: [B, T, H, V]; g: [B, T, H]; h0: [B, H, K, V] real; resets: [B, T] bool. Accumulates in
   float32. Returns o [B, T, H, V] in v's dtype (float32 for wider inputs) and S_T in h0's dtype.
   """
-  check_real("linear_attention", v, h0)
+  check_real("linear_attention", q, k, v, g, h0)
   q, k, v = narrow(q), narrow(k), narrow(v)
   lay = Layout.of(q, v, chunk_size)
   G, seg = lay.gates(g, resets)
