@@ -66,6 +66,22 @@ def test_compiled_on_tpu_matches_reference(check):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_lane_padded_widths(op):
+  """BASED's widths: K = 153 Taylor features (padded to 256 lanes inside the wrapper) and
+  V = 17 (head dim + 1, padded to 128)."""
+  tests, _ = OPS[op]
+  B, H, K, V = 1, 1, 153, 17
+  q, k = (harness.rand(i, (B, T, H, K)) / K for i in range(2))
+  v, h0 = harness.rand(2, (B, T, H, V)), harness.rand(3, (B, H, K, V))
+  gates = (harness.rand(4, (B, T, H), low=0.05, high=0.95),) * (op == "gated_delta_rule")
+  g = -harness.rand(5, (B, T, H), low=0.0, high=0.5)
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"),
+      (q, k, v, *gates, g), h0, harness.packed_segment_ids(B, T), what=f"{op} K=153, V=17")
+
+
+@pytest.mark.slow
 def test_decay_gradient_has_the_final_state_term():
   """PALLAS.md rule 21: with only a final-state cotangent, a nonzero initial state and two
   segments, dg is all final-state term (wrong by O(1) without it)."""
