@@ -14,33 +14,23 @@ U = U_0 - W S_in (`linear_attention/pallas.py`, which holds the forward and back
 from __future__ import annotations
 
 import jax.numpy as jnp
-from einops import rearrange
 
 from layers.ops import _chunk
 from layers.ops.gated_delta_rule.xla import unit_lower_inverse
 from layers.ops.linear_attention import pallas as kernel
 
 
-def _chunks(lay, x):
-  """[B, T, H, D] -> [B, H, NC, C, D] (zero padding)."""
-  x = jnp.pad(x, [(0, 0), (0, lay.num * lay.size - lay.length), (0, 0), (0, 0)])
-  return rearrange(x, "b (n c) h d -> b h n c d", c=lay.size)
-
-
-def _unchunks(lay, x):
-  return rearrange(x, "b h n c d -> b (n c) h d")[:, :lay.length]
-
-
 def ut_transform(lay, k, v, beta, g, resets):
-  """(W [B, T, H, K], U_0 [B, T, H, V]) of the module docstring, per chunk of `lay`."""
+  """(W [B, T, H, K], U_0 [B, T, H, V]) of the module docstring, per chunk of `lay`
+  (`kernel.Layout`); k, v: [B, T, H, K|V], beta, g: [B, T, H]; resets: [B, T] bool."""
   flags = lay.chunks(resets[..., None].astype(g.dtype))  # [B, 1, NC, C]
   decay = _chunk.chunk_decay(lay.chunks(jnp.where(resets[..., None], 0, g)), flags > 0)
-  k_c, v_c = _chunks(lay, k), _chunks(lay, v)
+  k_c, v_c = lay.chunks(k), lay.chunks(v)
   beta = lay.chunks(beta)[..., None]
   a = jnp.tril(jnp.einsum("bhnik,bhnjk->bhnij", k_c, k_c) * decay.within, -1)
   t = unit_lower_inverse(beta * a)
   w = t @ (beta * decay.entry[..., None] * k_c)
-  return _unchunks(lay, w), _unchunks(lay, t @ (beta * v_c))
+  return lay.unchunks(w), lay.unchunks(t @ (beta * v_c))
 
 
 def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.CHUNK):

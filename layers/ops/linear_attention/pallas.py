@@ -317,9 +317,12 @@ class Layout(NamedTuple):
     return rearrange(h, "(b h) k v -> b h k v", b=self.batch)[:, :, :self.K, :self.V]
 
   def chunks(self, x):
-    """[B, T, H] -> [B, H, NC, C] (zero padding)."""
+    """[B, T, H, ...] -> [B, H, NC, C, ...] (zero padding)."""
     x = _pallas.pad_axis(x, 1, self.num * self.size)
-    return rearrange(x, "b (n c) h -> b h n c", c=self.size)
+    return rearrange(x, "b (n c) h ... -> b h n c ...", c=self.size)
+
+  def unchunks(self, x):
+    return rearrange(x, "b h n c ... -> b (n c) h ...")[:, :self.length]
 
   def gates(self, g, resets):
     """(G, seg) [BH, NC, C] float32: the chunk-local cumulative log decay (g at segment starts
@@ -333,6 +336,7 @@ class Layout(NamedTuple):
 
 
 def check_real(op, *xs):
+  """Raises a ValueError naming `op` if any of `xs` is complex (Mosaic has no complex type)."""
   if any(jnp.iscomplexobj(x) for x in xs):
     raise ValueError(f"{op}: impl='pallas' takes real inputs and a real initial_state; use "
                      "impl='reference' or 'chunk' for complex ones")
