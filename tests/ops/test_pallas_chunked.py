@@ -14,6 +14,7 @@ from layers.ops import common, gated_delta_rule, linear_attention
 from layers.ops.gated_delta_rule import pallas as gdr_pallas
 from layers.ops.linear_attention import pallas
 from tests import harness, kernels
+from tests.layers import test_linear_attention_layers as layer_tests
 from tests.ops import test_gated_delta_rule, test_linear_attention
 
 T, CHUNK = 21, 8  # three chunks, the last one partial
@@ -79,6 +80,15 @@ def test_lane_padded_widths(op):
   harness.assert_form_matches_reference(
       kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"),
       (q, k, v, *gates, g), h0, harness.packed_segment_ids(B, T), what=f"{op} K=153, V=17")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", layer_tests.FORMS)
+def test_layers_on_the_kernel(monkeypatch, name):
+  """RetNet, Based (15 Taylor features at head dim 4), Gated DeltaNet and DeltaNet on the
+  kernel equal their reference form (outputs, final state, input gradients)."""
+  monkeypatch.setitem(layer_tests.FORMS, name, (layer_tests.FORMS[name][0], ("pallas",)))
+  layer_tests.test_forms_agree_at_layer_level(name)
 
 
 @pytest.mark.slow
