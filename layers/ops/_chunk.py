@@ -17,9 +17,10 @@ from jax import lax
 from layers.ops import common
 
 
-def prepare(op, q, k, v, gates, scale, initial_state, segment_ids):
+def prepare(op, q, k, v, gates, scale, initial_state, segment_ids, keep_narrow=False):
   """Applies the ops' input rule (common.as_float), checks shapes, casts to the accumulation
-  dtype and resolves the q scale.
+  dtype and resolves the q scale. With `keep_narrow` (the Pallas kernels, which read 16-bit
+  inputs as they are and accumulate in float32 themselves), 16-bit q, k, v keep their dtype.
 
   gates: {name: [B, T, H] or None}; a None gate `g` becomes zeros (no decay), others stay None.
   Returns (q, k, v, {name: gate}, h0 [B, H, K, V], resets [B, T], scale, output dtype), arrays
@@ -53,7 +54,8 @@ def prepare(op, q, k, v, gates, scale, initial_state, segment_ids):
   resets = common.segment_starts(segment_ids, B, T)
   q, k, v = common.zero_padding(segment_ids, q, k, v)
   gates = dict(zip(gates, common.zero_padding(segment_ids, *gates.values())))
-  return (q.astype(dtype), k.astype(dtype), v.astype(state_dtype), gates, h0, resets, scale,
+  cast = lambda x, to: x if keep_narrow and x.dtype.itemsize < 4 else x.astype(to)
+  return (cast(q, dtype), cast(k, dtype), cast(v, state_dtype), gates, h0, resets, scale,
           out_dtype)
 
 

@@ -158,8 +158,8 @@ def test_state_bytes(module, expected):
     (lambda: RetNet(D, num_heads=8), r"into an even head dim"),
     (lambda: Based(D, num_heads=3), r"Based: num_heads=3 must divide d_model=8"),
     (lambda: GatedDeltaNet(D, num_heads=2, head_dim=0), r"GatedDeltaNet: num_heads, head_dim"),
-    (lambda: DeltaNet(D, num_heads=2, head_dim=4, impl="pallas"),
-     r"gated_delta_rule: unknown impl='pallas'"),
+    (lambda: DeltaNet(D, num_heads=2, head_dim=4, impl="fft"),
+     r"gated_delta_rule: unknown impl='fft'"),
     (lambda: RetNet(D, num_heads=2, impl="associative"),
      r"linear_attention: unknown impl='associative'"),
 ])

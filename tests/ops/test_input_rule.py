@@ -88,6 +88,11 @@ def _prefill_call(args, impl):
 
 ATTENTION = {"attention": _attention_call, "attention_prefill": _prefill_call}
 ALL = STATEFUL + [(op, "reference") for op in ATTENTION]
+# The chunked matrix-state kernels run eagerly in interpret mode here (10-15 s per call on
+# CPU): their runs of the input rule are in the slow tier.
+SLOW = {("linear_attention", "pallas"), ("gated_delta_rule", "pallas")}
+ALL_TIERED = [pytest.param(*pair, marks=pytest.mark.slow) if pair in SLOW else pair
+              for pair in ALL]
 
 
 def _call(op, form, args, h0):
@@ -101,7 +106,7 @@ def _inputs(op, T, ints=False):
   return make(T, ints)
 
 
-@pytest.mark.parametrize("op, form", ALL)
+@pytest.mark.parametrize("op, form", ALL_TIERED)
 def test_numpy_inputs_equal_jax_inputs(op, form):
   args, h0 = _inputs(op, 7)
   out = _call(op, form, args, h0)
@@ -109,7 +114,7 @@ def test_numpy_inputs_equal_jax_inputs(op, form):
   harness.assert_close(out_np, out, 0.0, f"{op} ({form}) on NumPy inputs")
 
 
-@pytest.mark.parametrize("op, form", ALL)
+@pytest.mark.parametrize("op, form", ALL_TIERED)
 def test_integer_inputs_are_promoted_to_float(op, form):
   args, h0 = _inputs(op, 6, ints=True)
   (y, _) = _call(op, form, args, h0)
@@ -150,10 +155,11 @@ def _zero_values(op, args):
 def test_complex_initial_state_makes_the_computation_complex(op, form):
   """The output and final state are linear in (values, initial state) jointly, so with
   x0 = a + ib: out(v, a + ib) = out(v, a) + i out(0, b) — the imaginary part is not dropped.
-  (Pallas kernels compute in float32 / complex64; the fused selective scan refuses complex.)"""
+  (Pallas kernels compute in float32 / complex64; the fused selective scan and the chunked
+  matrix-state kernels refuse complex.)"""
   args, _ = _inputs(op, 9)
   h0 = harness.rand(11, jnp.shape(_inputs(op, 1)[1]), jnp.complex128)
-  if (op, form) == ("selective_scan", "pallas"):
+  if form == "pallas" and op != "linear_scan":
     with pytest.raises(ValueError, match="impl='pallas' takes real inputs and a real "
                                          "initial_state"):
       _call(op, form, args, h0)

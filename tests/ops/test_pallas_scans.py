@@ -182,7 +182,7 @@ def test_auto_picks_the_kernel_only_where_verified(monkeypatch):
   monkeypatch.setattr(_pallas, "VERIFIED",
                       ((device.platform, device.device_kind, jax.__version__),))
   assert common.resolve_impl("linear_scan", "auto") == "pallas"
-  assert common.resolve_impl("gated_delta_rule", "auto") == "chunk"  # no kernel: XLA form
+  assert common.resolve_impl("s4d_conv", "auto") == "fft"  # no kernel: the XLA form
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert common.resolve_impl("log_linear_scan", "auto") == common.AUTO_FORMS[
       "log_linear_scan"]["cpu"]

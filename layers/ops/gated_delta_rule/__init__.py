@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax
 
 from layers.ops import _chunk, common
-from layers.ops.gated_delta_rule import reference, xla
+from layers.ops.gated_delta_rule import pallas, reference, xla
 
 common.register("gated_delta_rule", {"reference": reference.gated_delta_rule,
-                                     "chunk": xla.chunk})
+                                     "chunk": xla.chunk, "pallas": pallas.gated_delta_rule})
 
 
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
@@ -31,7 +31,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
       row, later segments start from zero. A complex state makes the computation complex.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (WY/UT transform within chunks, state
-      passed between them) | "auto" (common.AUTO_FORMS).
+      passed between them) | "pallas" (the UT transform in XLA, the state recurrence in the
+      chunked TPU kernel, chunks of 64, real inputs only; interpret mode on CPU) | "auto"
+      (common.AUTO_FORMS; the kernel where `_pallas.VERIFIED` lists the device).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).
   Non-finite inputs: padding (segment id 0) is zeroed before any product, so garbage there
@@ -44,9 +46,10 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     (float32 or wider); at T = 0, an empty o and the initial state.
   """
   op = "gated_delta_rule"
-  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
-      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids)
   form = common.dispatch(op, impl, chunk_size=chunk_size)
+  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
+      op, q, k, v, {"beta": beta, "g": g}, scale, initial_state, segment_ids,
+      keep_narrow=common.resolve_impl(op, impl) == "pallas")
   if q.shape[1] == 0:
     return v.astype(out_dtype), h0
   o, final = form(q, k, v, gates["beta"], gates["g"], h0, resets, scale=scale)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import jax
 
 from layers.ops import _chunk, common
-from layers.ops.linear_attention import reference, xla
+from layers.ops.linear_attention import pallas, reference, xla
 
 common.register("linear_attention", {"reference": reference.linear_attention,
-                                     "parallel": xla.parallel, "chunk": xla.chunk})
+                                     "parallel": xla.parallel, "chunk": xla.chunk,
+                                     "pallas": pallas.linear_attention})
 
 
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | None = None, *,
@@ -24,8 +25,9 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
       row, later segments start from zero. A complex state makes the computation complex.
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "parallel" (masked quadratic, O(T^2) memory) |
-      "chunk" (quadratic within chunks, state passed between them) | "auto"
-      (common.AUTO_FORMS).
+      "chunk" (quadratic within chunks, state passed between them) | "pallas" (the chunked
+      TPU kernel, chunks of 64, real inputs only; interpret mode on CPU) | "auto"
+      (common.AUTO_FORMS; the kernel where `_pallas.VERIFIED` lists the device).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).
   Non-finite inputs: padding (segment id 0) is zeroed before any product, so garbage there
@@ -38,9 +40,10 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
     (float32 or wider); at T = 0, an empty o and the initial state.
   """
   op = "linear_attention"
-  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
-      op, q, k, v, {"g": g}, scale, initial_state, segment_ids)
   form = common.dispatch(op, impl, chunk_size=chunk_size)
+  q, k, v, gates, h0, resets, scale, out_dtype = _chunk.prepare(
+      op, q, k, v, {"g": g}, scale, initial_state, segment_ids,
+      keep_narrow=common.resolve_impl(op, impl) == "pallas")
   if q.shape[1] == 0:
     return v.astype(out_dtype), h0
   o, final = form(q, k, v, gates["g"], h0, resets, scale=scale)

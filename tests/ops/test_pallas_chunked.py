@@ -1,0 +1,197 @@
+"""The chunked matrix-state Pallas kernel of linear_attention, which also runs the gated delta
+rule's chunks: interpret mode on CPU against the float64 lax.scan oracles (outputs, final
+state and every gradient, the initial state's included, from one VJP whose random cotangent
+covers o and the final state; T not a multiple of the chunk, a nonzero initial state, packed
+segments with padding), race detection of the forward and backward kernels, and lowering for
+TPU of the forward and the VJP at the shapes our layers and FLA's benchmarks use."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from layers.ops import common, gated_delta_rule, linear_attention
+from layers.ops.gated_delta_rule import pallas as gdr_pallas
+from layers.ops.linear_attention import pallas
+from tests import harness, kernels
+from tests.layers import test_linear_attention_layers as layer_tests
+from tests.ops import test_gated_delta_rule, test_linear_attention
+
+T, CHUNK = 21, 8  # three chunks, the last one partial
+OPS = {"linear_attention": (test_linear_attention, pallas.linear_attention),
+       "gated_delta_rule": (test_gated_delta_rule, gdr_pallas.gated_delta_rule)}
+BF16_TOL = 2e-2
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+  """The kernels with CHUNK-step chunks, so a tiny T crosses chunks."""
+  for op, (_, form) in OPS.items():
+    monkeypatch.setitem(common.FORMS[op], "pallas", functools.partial(form, chunk_size=CHUNK))
+
+
+def _check(op, dtype, tol, decay=True, gate=(0.0, 0.5)):
+  tests, _ = OPS[op]
+  xs, h0 = tests._inputs(T, gate=gate)
+  if not decay:
+    xs = xs[:-1]  # g is the last input of both ops: g=None (DeltaNet, plain linear attention)
+  segment_ids = harness.packed_segment_ids(tests.B, T).at[1, :3].set(0)  # leading padding
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), dtype), tests._op("reference"), xs, h0,
+      segment_ids, *tol, what=f"{op} pallas {jnp.dtype(dtype).name} decay={decay}")
+
+
+CHECKS = {}
+for _op in OPS:
+  CHECKS.update({
+      f"{_op} float32": functools.partial(_check, _op, jnp.float32, (1e-5, 1e-4)),
+      f"{_op} bfloat16": functools.partial(_check, _op, jnp.bfloat16, (BF16_TOL, BF16_TOL)),
+      f"{_op} no decay": functools.partial(_check, _op, jnp.float32, (1e-5, 1e-4), False),
+      # Mamba2/GDN initialisation: gates sum to about -100 over a 64-token chunk
+      f"{_op} strong decay": functools.partial(_check, _op, jnp.float32, (1e-5, 1e-4),
+                                               gate=test_linear_attention.INIT_GATE),
+  })
+DEFAULT_TIER = ("linear_attention float32", "gated_delta_rule float32")
+
+
+@pytest.mark.parametrize("check", [
+    c if c in DEFAULT_TIER else pytest.param(c, marks=pytest.mark.slow) for c in CHECKS])
+def test_interpret_matches_reference(check):
+  CHECKS[check]()
+
+
+@kernels.on_platform("tpu")
+@pytest.mark.parametrize("check", CHECKS)
+def test_compiled_on_tpu_matches_reference(check):
+  CHECKS[check]()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_lane_padded_widths(op):
+  """BASED's widths: K = 153 Taylor features (padded to 256 lanes inside the wrapper) and
+  V = 17 (head dim + 1, padded to 128)."""
+  tests, _ = OPS[op]
+  B, H, K, V = 1, 1, 153, 17
+  q, k = (harness.rand(i, (B, T, H, K)) / K for i in range(2))
+  v, h0 = harness.rand(2, (B, T, H, V)), harness.rand(3, (B, H, K, V))
+  gates = (harness.rand(4, (B, T, H), low=0.05, high=0.95),) * (op == "gated_delta_rule")
+  g = -harness.rand(5, (B, T, H), low=0.0, high=0.5)
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"),
+      (q, k, v, *gates, g), h0, harness.packed_segment_ids(B, T), what=f"{op} K=153, V=17")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", layer_tests.FORMS)
+def test_layers_on_the_kernel(monkeypatch, name):
+  """RetNet, Based (15 Taylor features at head dim 4), Gated DeltaNet and DeltaNet on the
+  kernel equal their reference form (outputs, final state, input gradients)."""
+  monkeypatch.setitem(layer_tests.FORMS, name, (layer_tests.FORMS[name][0], ("pallas",)))
+  layer_tests.test_forms_agree_at_layer_level(name)
+
+
+@pytest.mark.slow
+def test_decay_gradient_has_the_final_state_term():
+  """PALLAS.md rule 21: with only a final-state cotangent, a nonzero initial state and two
+  segments, dg is all final-state term (wrong by O(1) without it)."""
+  tests = test_linear_attention
+  (q, k, v, g), h0 = tests._inputs(T, seed=3)
+  segment_ids = jnp.where(jnp.arange(T) < 9, 1, 2)[None].repeat(tests.B, 0)
+  f32 = lambda x: x.astype(jnp.float32)
+
+  def dg(impl, *args):
+    final = lambda g: linear_attention(*args[:3], g, initial_state=args[4],
+                                       segment_ids=segment_ids, impl=impl)[1]
+    return jax.grad(lambda g: jnp.sum(final(g) * args[4]))(args[3])
+  got = jax.jit(functools.partial(dg, "pallas"))(*map(f32, (q, k, v, g, h0)))
+  want = jax.jit(functools.partial(dg, "reference"))(q, k, v, g, h0)
+  harness.assert_close(got, want, 1e-4, "dg from the final state")
+
+
+def _race_inputs(delta):
+  """Kernel-layout inputs: two heads (for the two simulated cores), two chunks of 8."""
+  heads, length, width = 2, 16, 8
+  seqs = [harness.rand(i, (heads, length, width), jnp.float32) * 0.3 for i in range(3 + delta)]
+  G = jnp.cumsum(-harness.rand(5, (heads, 2, 8), jnp.float32, 0.0, 0.5), axis=-1)
+  seg = jnp.zeros((heads, 2, 8), jnp.float32).at[0, 1, 3:].set(1.0)  # a reset in chunk 1
+  h0 = harness.rand(6, (heads, width, width), jnp.float32)
+  return (*seqs[:3], seqs[3] if delta else None, G, seg, h0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delta", [False, True], ids=["linear_attention", "delta"])
+def test_no_races_forward(delta):
+  """The forward kernel under race detection (uninitialised memory NaN) equals the plain
+  interpret run."""
+  args = _race_inputs(delta)
+  call = functools.partial(pallas._forward_call, scale=0.5)
+  with kernels.race_detection() as params:
+    raced = call(*args, interpret=params)
+  harness.assert_close(raced, call(*args, interpret=True), 1e-6, "forward under race detection")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delta", [False, True], ids=["linear_attention", "delta"])
+def test_no_races_backward(delta):
+  args = _race_inputs(delta)
+  o, final, entries = pallas._forward_call(*args, scale=0.5, interpret=True)
+  backward = (*args[:6], entries, o, final)
+  call = functools.partial(pallas._backward_call, scale=0.5)
+  with kernels.race_detection() as params:
+    raced = call(*backward, interpret=params)
+  harness.assert_close([x for x in raced if x is not None],
+                       [x for x in call(*backward, interpret=True) if x is not None], 1e-6,
+                       "backward under race detection")
+
+
+def _op_fn(op):
+  """The op with every array an argument (abstract shapes for export)."""
+  if op == "linear_attention":
+    return lambda q, k, v, beta, g, h0, ids: linear_attention(
+        q, k, v, g, initial_state=h0, segment_ids=ids, impl="pallas")
+  return lambda q, k, v, beta, g, h0, ids: gated_delta_rule(
+      q, k, v, beta, g, initial_state=h0, segment_ids=ids, impl="pallas")
+
+
+def _assert_lowers(monkeypatch, op, B, T, H, K, V, dtype):
+  monkeypatch.setitem(common.FORMS[op], "pallas", OPS[op][1])  # the default chunk
+  s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
+  kernels.assert_lowers_for_tpu(
+      _op_fn(op), s(B, T, H, K), s(B, T, H, K), s(B, T, H, V), s(B, T, H), s(B, T, H),
+      s(B, H, K, V, d=jnp.float32), s(B, T, d=jnp.int32), kernels=1)
+
+
+# (B, T, H, K, V): the issue's realistic shape; GatedDeltaNet's and RetNet's default K, V.
+EXPORT_SHAPES = [(2, 2048, 4, 128, 128), (2, 2048, 4, 256, 512)]
+# FLA's benchmark grid (B, T, H, D) with K = V = D
+FLA_GRID = [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128),
+            (8, 1024, 8, 64)]
+# BASED: the Taylor map's 153 features (d = 16), V = head dim + 1 (64 and 16); Mamba2:
+# N = 64 / 128 states, P = 64 channels per head; a single step
+LAYER_SHAPES = [(2, 2048, 4, 153, 65), (2, 2048, 4, 153, 17), (2, 2048, 8, 64, 64),
+                (2, 2048, 8, 128, 64), (3, 1, 2, 16, 16)]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape, dtype", [(EXPORT_SHAPES[0], jnp.float32),
+                                          (EXPORT_SHAPES[1], jnp.bfloat16)])
+def test_lowers_for_tpu(monkeypatch, op, shape, dtype):
+  _assert_lowers(monkeypatch, op, *shape, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
+@pytest.mark.parametrize("op", OPS)
+def test_lowers_for_tpu_wide_grid(monkeypatch, op, shape, dtype):
+  _assert_lowers(monkeypatch, op, *shape, dtype)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_without_kernel_raises(monkeypatch, op):
+  tests, _ = OPS[op]
+  xs, h0 = tests._inputs(4)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match=f"{op}: impl='pallas' has no GPU kernel yet"):
+    jax.eval_shape(tests._op("pallas"), xs, h0, None)
