@@ -70,8 +70,8 @@ def mesh_spec(names: P | None, shape: tuple[int, ...], mesh, rules) -> P:
   under `rules`; an axis whose size its mesh axes do not divide is replicated. FSDP covers
   every parameter: one the rules keep off "fsdp" is sharded over it along its largest
   unsharded axis that fsdp divides (replicated when there is none), but for a memory value
-  table (names with `axes.MEMORY_VALUES`), which is split by columns or not at all: a
-  lookup along row-split values would gather the whole table."""
+  table (names with `axes.MEMORY_VALUES`), which is split by columns or not at all
+  (layers/axes.py says why)."""
   spec = [None] * len(shape) if names is None else list(_mesh_axes(names, rules))
   spec = [t if t is None or n % mesh_size(mesh, t) == 0 else None for t, n in zip(spec, shape)]
   used = {a for t in spec for a in _axis_names(t)}

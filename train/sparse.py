@@ -97,11 +97,10 @@ def global_norm(params, grads) -> jax.Array:
                                       grads))
 
 
-def grads(loss_fn, params, labels):
-  """(grads, aux) of loss_fn(variables, mutable) -> (loss, (aux, mutated collections)),
-  called as model.apply(variables, ..., mutable=mutable) would be. The memory-group
-  parameters (value tables; `labels`: the group of every parameter) get SparseRows of their
-  touched rows, the others dense gradients."""
+def split_tables(params, labels):
+  """(tables {flat path: table}, the other parameters (a nested dict), with_tables(others) ->
+  the whole parameter tree): the memory-group parameters apart, so that a gradient can be
+  taken of the others with the tables held as constants."""
   flat = traverse_util.flatten_dict(params)
   flat_labels = traverse_util.flatten_dict(labels)
   tables = {k: v for k, v in flat.items() if flat_labels[k] == axes.MEMORY}
@@ -109,7 +108,15 @@ def grads(loss_fn, params, labels):
 
   def with_tables(others):
     return traverse_util.unflatten_dict({**traverse_util.flatten_dict(others), **tables})
+  return tables, others, with_tables
 
+
+def grads(loss_fn, params, labels):
+  """(grads, aux) of loss_fn(variables, mutable) -> (loss, (aux, mutated collections)),
+  called as model.apply(variables, ..., mutable=mutable) would be. The memory-group
+  parameters (value tables; `labels`: the group of every parameter) get SparseRows of their
+  touched rows, the others dense gradients."""
+  tables, others, with_tables = split_tables(params, labels)
   shapes = jax.eval_shape(lambda p: loss_fn({"params": p}, [ROWS, ROW_IDS]), params)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[1][1].get(ROWS, {}))
 
