@@ -7,7 +7,7 @@ FLOPs per token.
 Model (full, the issue's): d_model 256, 4 attention layers, block 2's MLP a Memory+ layer
 (heads 4, k_dim 256, topk 32, V 256), 8192 tokens per step (B 8 x T 1024), N = 64K, 256K, 1M
 rows. Small (default): d_model 64, 2 layers, block 1 Memory+ (heads 2, k_dim 64, topk 8,
-V 64), 1024 tokens (B 4 x T 256), N = 16K, 64K, 256K.
+V 64), 512 tokens (B 4 x T 128), N = 4K, 16K, 64K.
 
 Per row: fwd (the loss), fwd_bwd (the gradients the step takes: the dense table gradient
 [N, V], or the touched rows' [U, V] with sparse updates), step (the loop's whole train step:
@@ -31,7 +31,7 @@ from train import checkpoint, config_lib, loop, sparse
 from train.tasks import build_task
 
 SMALL = dict(d_model=64, n_layers=2, layer=1, memory=dict(heads=2, k_dim=64, topk=8, v_dim=64),
-             batch=4, length=256, n_keys=(128, 256, 512))
+             batch=4, length=128, n_keys=(64, 128, 256))
 FULL = dict(d_model=256, n_layers=4, layer=2, memory=dict(heads=4, k_dim=256, topk=32,
                                                            v_dim=256),
             batch=8, length=1024, n_keys=(256, 512, 1024))
@@ -54,6 +54,7 @@ def make_config(s: dict, n_keys: int | None, sparse_updates: bool = False):
 
 
 def _nbytes(tree) -> int:
+  """Bytes of the arrays of a pytree."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 

@@ -38,6 +38,7 @@ class SparseRows(NamedTuple):
 
 
 def is_sparse(x) -> bool:
+  """Whether `x` is a SparseRows (a pytree node, not a leaf: test it before mapping)."""
   return isinstance(x, SparseRows)
 
 
