@@ -67,6 +67,35 @@ def test_touched_rows_are_unique_and_padded():
   np.testing.assert_array_equal(ids[inverse], indices)
 
 
+def test_lazy_adamw_is_dense_adamw_restricted_to_the_touched_rows():
+  """optax level, float64: lazy(clip + AdamW) on SparseRows against the dense chain whose
+  table rows and moments are kept where a step did not touch them; three steps over partly
+  overlapping rows (bias correction with the global step, untouched moments frozen), the
+  global clip norm counting the rows and a dense parameter."""
+  tx = optax.chain(optax.clip_by_global_norm(0.3), optax.adamw(0.1, weight_decay=0.5))
+  lazy = sparse.lazy(tx)
+  params = ref = {"w": harness.rand(0, (3,)), "table": harness.rand(1, (6, 2))}
+  state, ref_state = lazy.init(params), tx.init(params)
+  for step, ids in enumerate(([1, 4, 6, 6], [0, 1, 6, 6], [4, 5, 2, 6])):  # 6: padding
+    ids = jnp.array(ids)
+    rows = harness.rand(10 + step, (4, 2)) * (ids < 6)[:, None]
+    w = harness.rand(20 + step, (3,))
+    updates, state = lazy.update({"w": w, "table": sparse.SparseRows(ids, rows)}, state, params)
+    params = sparse.apply_updates(params, updates)
+    dense = {"w": w, "table": jnp.zeros((6, 2)).at[ids].add(rows, mode="drop")}
+    updates, new_state = tx.update(dense, ref_state, ref)
+    touched = jnp.zeros(6, bool).at[ids].set(True, mode="drop")[:, None]
+    keep = lambda new, old: jnp.where(touched, new, old) if jnp.shape(new) == (6, 2) else new
+    ref_state = jax.tree.map(keep, new_state, ref_state)
+    ref = jax.tree.map(keep, optax.apply_updates(ref, updates), ref)
+  for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((ref, ref_state)),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+  # row 3 was never touched: as initialised, with zero moments
+  np.testing.assert_array_equal(params["table"][3], harness.rand(1, (6, 2))[3])
+  assert not np.any(state[1][0].mu["table"][3]) and np.all(state[1][0].mu["table"][4])
+
+
 def test_sgd_sparse_steps_equal_dense_steps():
   """Three SGD steps (no weight decay, no clipping): sparse row gradients scattered into the
   table equal the dense gradient, to 1e-6 relative in float32, for every parameter."""
