@@ -17,7 +17,7 @@ import sys
 import time
 
 from benchmarks import (attention, block_transformer, common, decode, kernels,
-                        linear_attention, scan, selective_scan, train_step)
+                        linear_attention, memory, scan, selective_scan, train_step)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # name -> run(full) -> common.Result; run in this order
@@ -31,6 +31,7 @@ BENCHMARKS = {
     "train_step_dp": train_step.run_data_parallel,
     "decode": decode.run,
     "block_transformer": block_transformer.run,
+    "memory": memory.run,
 }
 
 

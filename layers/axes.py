@@ -23,7 +23,17 @@ HEAD_DIM = "head_dim"  # the key or value width of one head K, V
 STATE = "state"        # the SSM state size N (S4D, Mamba)
 CONV = "conv"          # convolution taps W
 VOCAB = "vocab"        # the token vocabulary
-NAMES = (EMBED, MLP, HEADS, HEAD_DIM, STATE, CONV, VOCAB)
+# The value width V of a memory layer's value table [N, V]; its rows N are never sharded.
+# Columns, not rows: a lookup gathers whole rows by data-dependent indices, so with columns
+# split every device gathers its slice [., V / |axis|] of the rows it is asked for locally
+# (the indices and weights, [B, T, H, k], are small and all-gathered), the bag [B, T, V]
+# comes out split along V like the hidden of Memory+'s W_s, and W_o's contraction over V
+# reduces it as in a tensor-parallel MLP; sparse updates scatter into the local columns
+# without communication. Rows split would need every device to mask the indices it owns, an
+# all-reduce of the partial bags [B, T, V] of every lookup and row updates routed to their
+# owners. (The at-scale code of Berges et al. 2024 shards the columns too.)
+MEMORY_VALUES = "memory_values"
+NAMES = (EMBED, MLP, HEADS, HEAD_DIM, STATE, CONV, VOCAB, MEMORY_VALUES)
 
 DEFAULT = "default"    # weight matrices: opt.lr and opt.weight_decay
 NO_DECAY = "no_decay"  # norm scales, biases, embeddings, skip weights D: no weight decay

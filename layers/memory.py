@@ -19,22 +19,35 @@ from layers import axes
 from layers.ops import memory_lookup, product_key_topk
 
 QUERY_NORMS = ("layernorm", None)
+# Sparse updates (train/sparse.py): when ROW_IDS is a mutable collection, each call of a
+# MemoryValues reads its touched rows through a zero perturbation in ROWS (the gradient of
+# `rows<i>` [U, V] is that of the i-th call's touched rows) and sows their ids in ROW_IDS.
+ROWS = "memory_rows"
+ROW_IDS = "memory_row_ids"
 
 
 class MemoryValues(nn.Module):
   """The value table [n_rows, v_dim], values ~ N(0, std v_dim**-0.5), in the optimizer group
-  `axes.MEMORY`. Called with (indices, weights) [B, T, H, k] it returns their bag [B, T, V]
-  (`layers.ops.memory_lookup`); when the "intermediates" collection is mutable (eval), it
-  also sums, over every call, the hits of each row ("row_hits") and the weight each row
-  received ("row_weights"), [n_rows] each: the usage measures of Lample et al. (4.3)."""
+  `axes.MEMORY`, its columns on the logical axis `axes.MEMORY_VALUES`. Called with (indices,
+  weights) [B, T, H, k] it returns their bag [B, T, V] (`layers.ops.memory_lookup`); when the
+  "intermediates" collection is mutable (eval), it also sums, over every call, the hits of
+  each row ("row_hits") and the weight each row received ("row_weights"), [n_rows] each: the
+  usage measures of Lample et al. (4.3).
+
+  When the collection ROW_IDS is mutable (a sparse-update train step), the i-th call reads
+  the bag from its touched rows only: (ids, inverse) = `touched_rows(indices)`, rows =
+  table[ids] + perturbation ROWS/rows<i> (zeros [U, V]), bag = memory_lookup(rows, inverse,
+  weights), the same numbers; ids are sown in ROW_IDS/ids, so d loss / d rows<i> is the
+  gradient of the touched rows with duplicates summed, and the table itself is never
+  differentiated."""
   n_rows: int
   v_dim: int
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.table = self.param(
-        "table", axes.param(nn.initializers.normal(stddev=self.v_dim ** -0.5), None, None,
-                            group=axes.MEMORY),
+        "table", axes.param(nn.initializers.normal(stddev=self.v_dim ** -0.5), None,
+                            axes.MEMORY_VALUES, group=axes.MEMORY),
         (self.n_rows, self.v_dim), self.param_dtype)
 
   def __call__(self, indices: jax.Array, weights: jax.Array) -> jax.Array:
@@ -46,7 +59,23 @@ class MemoryValues(nn.Module):
       self.sow("intermediates", "row_weights",
                jnp.zeros(self.n_rows).at[rows].add(weights.ravel().astype(jnp.float32)),
                init_fn=lambda: 0.0, reduce_fn=add)
+    if self.is_mutable_collection(ROW_IDS):
+      call = len(self.get_variable(ROW_IDS, "ids", ()))
+      ids, inverse = touched_rows(indices, self.n_rows)
+      rows = jnp.take(self.table, ids, axis=0, mode="fill", fill_value=0)
+      rows = self.perturb(f"rows{call}", rows, collection=ROWS)
+      self.sow(ROW_IDS, "ids", ids)
+      return memory_lookup(rows, inverse, weights)
     return memory_lookup(self.table, indices, weights)
+
+
+def touched_rows(indices: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
+  """(ids [U], inverse) of int `indices` (any shape, U = indices.size, a static size): the
+  distinct rows in ascending order, padded with n_rows (out of range: gathers read zeros,
+  scatters drop it), and inverse (the shape of indices) with ids[inverse] == indices."""
+  ids, inverse = jnp.unique(jnp.ravel(indices), size=jnp.size(indices), fill_value=n_rows,
+                            return_inverse=True)
+  return ids, inverse.reshape(jnp.shape(indices))
 
 
 class ProductKeyMemory(nn.Module):

@@ -128,8 +128,10 @@ class TaskFacts:
 
 def backbone(model, facts: TaskFacts) -> Backbone:
   """The Backbone of `model` (config.model: mixer, d_model, n_layers, mlp_expand, dtype,
-  mixer_kwargs, memory: {layers, and the memory layers' options}) over the task's inputs."""
+  mixer_kwargs, memory: {layers, and the memory layers' options}) over the task's inputs.
+  memory.sparse_updates is the train step's (train/sparse.py), not the model's."""
   memory = dict(model.get("memory", {}))
+  memory.pop("sparse_updates", None)
   return Backbone(d_model=model.d_model, n_layers=model.n_layers, pattern=model.mixer,
                   vocab_size=facts.vocab_size, input_dim=facts.input_dim,
                   mixer_kwargs={name: dict(options)

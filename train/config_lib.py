@@ -67,6 +67,9 @@ def base_config(model: str, size: str, sizes: dict = SIZES) -> ml_collections.Co
           shared_values=True,  # one value table for all memory layers of the backbone
           query_norm="layernorm",  # "layernorm" | None
           impl="auto",         # product_key_topk form: auto | product | reference
+          # update only the value rows a step reads (lazy AdamW, train/sparse.py) instead of
+          # dense AdamW over the whole table; needs opt.grad_accum_steps=1
+          sparse_updates=False,
       )),
   ))
   config.opt = ml_collections.ConfigDict(dict(
@@ -192,6 +195,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     if not accepts(value):
       raise ValueError(f"{key}={value}: expected {expected}")
+  if model.memory.get("sparse_updates") and opt.grad_accum_steps != 1:
+    raise ValueError(f"model.memory.sparse_updates=True takes opt.grad_accum_steps=1 (got "
+                     f"{opt.grad_accum_steps}): sparse updates accumulate no gradients")
   if run.steps < opt.grad_accum_steps:
     raise ValueError(f"run.steps={run.steps}: expected at least opt.grad_accum_steps="
                      f"{opt.grad_accum_steps} (one optimizer update)")
@@ -234,6 +240,9 @@ def _validate_memory(model) -> None:
   ProductKeyMemory options."""
   options = model.memory.to_dict()
   layers, _ = options.pop("layers"), options.pop("shared_values")
+  sparse = options.pop("sparse_updates", False)
+  if not isinstance(sparse, bool):
+    raise ValueError(f"model.memory.sparse_updates={sparse!r}: expected True or False")
   if "n_layers" not in model:  # an architecture without a Backbone of its own (Block Transformer)
     if layers:
       raise ValueError(f"model.memory.layers={tuple(layers)}: the {model.architecture} "

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from layers import axes
 from seqmodels import build_model
-from train import checkpoint, config_lib, optim, sharding, workdir as workdir_lib
+from train import checkpoint, config_lib, optim, sharding, sparse, workdir as workdir_lib
 from train.metrics import MetricsWriter, memory_rows, memory_usage
 from train.summary import model_summary
 from train.tasks import Task, build_task
@@ -48,6 +48,8 @@ class Setup:
 
   boxed: the parameters as `jax.eval_shape(model.init)` gives them, boxed with their logical
   axis names and optimizer groups (layers/axes.py). init: rng -> the initial TrainState.
+  sparse: memory value tables take sparse updates (model.memory.sparse_updates,
+  train/sparse.py).
   """
   model: nn.Module
   tx: optax.GradientTransformation
@@ -55,6 +57,7 @@ class Setup:
   boxed: Any
   abstract_state: TrainState
   init: Callable[[jax.Array], TrainState]
+  sparse: bool = False
 
 
 def _new_state(params, tx, rng) -> TrainState:
@@ -71,7 +74,9 @@ def build(config, task: Task, inputs) -> Setup:
     return model.init(rng, jnp.zeros(inputs.shape, inputs.dtype))["params"]
 
   boxed = jax.eval_shape(init_params, jax.random.key(0))
-  tx, lr_schedule = optim.make_optimizer(config.opt, config.run.steps, axes.groups(boxed))
+  sparse_updates = bool(config.model.get("memory", {}).get("sparse_updates", False))
+  tx, lr_schedule = optim.make_optimizer(config.opt, config.run.steps, axes.groups(boxed),
+                                         sparse=sparse_updates)
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
@@ -79,7 +84,7 @@ def build(config, task: Task, inputs) -> Setup:
 
   abstract_state = jax.eval_shape(lambda params, rng: _new_state(params, tx, rng),
                                   nn.unbox(boxed), jax.random.key(0))
-  return Setup(model, tx, lr_schedule, boxed, abstract_state, init)
+  return Setup(model, tx, lr_schedule, boxed, abstract_state, init, sparse_updates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,19 +128,28 @@ def restore_or_init(setup: Setup, placement: Placement, ckpt: checkpoint.Checkpo
 def make_steps(task: Task, setup: Setup, placement: Placement):
   """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> (metrics,
   memory rows: the usage counts of memory layers, `metrics.memory_rows`)), jitted with the
-  state's shardings; train_step donates the state."""
-  model, tx = setup.model, setup.tx
+  state's shardings; train_step donates the state. With setup.sparse the memory tables'
+  gradients are SparseRows of their touched rows (train/sparse.py)."""
+  model, tx, labels = setup.model, setup.tx, axes.groups(setup.boxed)
 
-  def loss_fn(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"))
-    return task.loss_and_metrics(logits, batch)
+  def loss_fn(variables, batch, mutable=()):
+    """(loss, (metrics, the mutated collections))."""
+    logits, mutated = model.apply(variables, batch["inputs"], batch.get("segment_ids"),
+                                  mutable=list(mutable))
+    loss, metrics = task.loss_and_metrics(logits, batch)
+    return loss, (metrics, mutated)
 
   def train_step(state, batch):
     rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
+    if setup.sparse:
+      grads, metrics = sparse.grads(lambda v, mutable: loss_fn(v, batch, mutable),
+                                    state.params, labels)
+    else:
+      grads, (metrics, _) = jax.grad(lambda p: loss_fn({"params": p}, batch), has_aux=True)(
+          state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+    params = sparse.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": sparse.global_norm(state.params, grads),
                "lr": setup.lr_schedule(state.step)}
     return TrainState(state.step + 1, params, opt_state, jax.random.key_data(rng)), metrics
 

@@ -13,6 +13,7 @@ import optax
 from flax import linen as nn
 
 from layers import axes
+from train import sparse as sparse_lib
 
 
 def schedule(opt, updates: int, peak: float) -> optax.Schedule:
@@ -34,8 +35,8 @@ def group_settings(opt) -> dict[str, tuple[float, float]]:
   return settings
 
 
-def make_optimizer(opt, total_steps: int,
-                   labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt, total_steps: int, labels,
+                   sparse: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, lr(step): the main group's learning rate applied by the update that the
   0-based training step `step` contributes to, for logging) from the `opt` config.
 
@@ -46,6 +47,9 @@ def make_optimizer(opt, total_steps: int,
   total_steps // k updates).
   labels: the group of every parameter (`axes.groups` of the boxed parameters), a tree of
   the parameters' structure.
+  sparse: the memory tables' gradients come as `train.sparse.SparseRows` of their touched
+  rows (model.memory.sparse_updates): the same optimizer, applied to those rows only
+  (`train.sparse.lazy`: lazy AdamW); no gradient accumulation.
   """
   k = opt.grad_accum_steps
   updates = max(1, total_steps // k)
@@ -60,7 +64,11 @@ def make_optimizer(opt, total_steps: int,
   shared_clip = jax.tree.map(lambda group: group not in own_clip, labels)
   tx = optax.chain(optax.masked(optax.clip_by_global_norm(opt.clip_norm), shared_clip),
                    optax.multi_transform(transforms, labels))
-  if k > 1:
+  if sparse:
+    if k > 1:
+      raise ValueError("sparse updates accumulate no gradients: opt.grad_accum_steps must be 1")
+    tx = sparse_lib.lazy(tx)
+  elif k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k)
   main = schedule(opt, updates, opt.lr)
   return tx, lambda step: main(step // k)

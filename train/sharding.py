@@ -21,13 +21,16 @@ from layers import axes
 AXES = ("data", "fsdp", "model")
 BATCH = "batch"
 # Batch over data x fsdp; FSDP along the model width; tensor parallel over heads, the inner
-# (MLP / expanded) width and the vocabulary.
+# (MLP / expanded) width and the vocabulary; memory value tables split by columns over
+# fsdp x model (layers/axes.py says why columns), so a table takes N * V / (fsdp * model)
+# bytes per device.
 DEFAULT_RULES = (
     (BATCH, ("data", "fsdp")),
     (axes.VOCAB, "model"),
     (axes.MLP, "model"),
     (axes.HEADS, "model"),
     (axes.EMBED, "fsdp"),
+    (axes.MEMORY_VALUES, ("fsdp", "model")),
 )
 
 
@@ -66,11 +69,14 @@ def mesh_spec(names: P | None, shape: tuple[int, ...], mesh, rules) -> P:
   """The PartitionSpec over `mesh` of a parameter with logical axis `names` (None: no names)
   under `rules`; an axis whose size its mesh axes do not divide is replicated. FSDP covers
   every parameter: one the rules keep off "fsdp" is sharded over it along its largest
-  unsharded axis that fsdp divides (replicated when there is none)."""
+  unsharded axis that fsdp divides (replicated when there is none), but for a memory value
+  table (names with `axes.MEMORY_VALUES`), which is split by columns or not at all
+  (layers/axes.py says why)."""
   spec = [None] * len(shape) if names is None else list(_mesh_axes(names, rules))
   spec = [t if t is None or n % mesh_size(mesh, t) == 0 else None for t, n in zip(spec, shape)]
   used = {a for t in spec for a in _axis_names(t)}
-  free = [a for a, t in enumerate(spec) if t is None and shape[a] % mesh.shape["fsdp"] == 0]
+  free = [a for a, t in enumerate(spec) if t is None and shape[a] % mesh.shape["fsdp"] == 0
+          and axes.MEMORY_VALUES not in (names or ())]
   if mesh.shape["fsdp"] > 1 and "fsdp" not in used and free:
     spec[max(free, key=lambda a: shape[a])] = "fsdp"
   return P(*spec)

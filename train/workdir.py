@@ -16,11 +16,12 @@ from train import checkpoint
 
 CONFIG, HISTORY, LOCK = "config.json", "config_history.jsonl", ".lock"
 # What a resumed run may change: run length, learning rates and schedule, intervals, logging,
-# and the device mesh (a checkpoint restores onto any mesh).
+# the device mesh (a checkpoint restores onto any mesh), and dense or sparse updates of the
+# memory tables (one optimizer-state layout).
 RESUMABLE = ("run.steps", "run.log_every", "run.eval_every", "run.eval_batches",
              "run.checkpoint_every", "run.keep_checkpoints", "run.progress", "opt.lr",
              "opt.ssm_lr", "opt.groups.*.lr", "opt.warmup_steps", "opt.final_lr_ratio",
-             "mesh.*")
+             "model.memory.sparse_updates", "mesh.*")
 ABSENT = "<absent>"
 
 

@@ -1,5 +1,8 @@
-"""Sharded training equals single-device training; checkpoints move between meshes; two
-processes (multi-host over gloo) equal one."""
+"""Sharded training equals single-device training; checkpoints move between meshes; a
+memory layer's value table is split by columns and never gathered whole; two processes
+(multi-host over gloo) equal one."""
+import json
+import math
 import os
 import socket
 import subprocess
@@ -8,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.train.multidevice_runs import MESHES, small_config
+from tests.train.multidevice_runs import MESHES, memory_config, memory_run, small_config
 from train.loop import train_and_evaluate
 from train.metrics import read_metrics
 
@@ -45,6 +48,34 @@ def test_checkpoint_written_on_8_devices_restores_on_1(runs):
   restored = train_and_evaluate(small_config(), str(out / "fsdp"))
   np.testing.assert_allclose(restored["eval_loss"], logged["eval_loss"], rtol=1e-5)
   np.testing.assert_allclose(restored["eval_accuracy"], logged["eval_accuracy"])
+
+
+@pytest.fixture(scope="module")
+def memory(runs):
+  """(the memory model trained on the 8-device MEMORY_MESH, the same on one device)."""
+  out, _ = runs
+  return json.loads((out / "memory.json").read_text()), memory_run(memory_config())
+
+
+def test_sharded_memory_layer_with_sparse_updates_equals_single_device(memory):
+  sharded, single = memory
+  assert len(single["losses"]) == 8
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
+
+
+def test_value_table_is_split_by_columns_and_never_gathered_whole(memory):
+  """N * V / |fsdp x model| bytes of the table per device; no all-gather in the compiled
+  step (sparse updates or dense AdamW) yields the table (a result with N rows and N * V
+  elements or more)."""
+  sharded, single = memory
+  N, V = sharded["table_shape"]
+  assert sharded["axis_size"] == 4
+  assert sharded["device_bytes"] == N * V * sharded["itemsize"] // 4
+  assert single["device_bytes"] == N * V * sharded["itemsize"]
+  for step, shapes in sharded["all_gathers"].items():
+    assert shapes, f"{step}: no all-gather found in the compiled step (the HLO parse broke?)"
+    whole = [s for s in shapes if N in s and math.prod(s) >= N * V]
+    assert not whole, f"{step} step all-gathers the value table: {whole}"
 
 
 def _free_port():

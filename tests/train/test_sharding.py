@@ -107,3 +107,12 @@ def test_bad_rules_are_named(rules, message):
   with pytest.raises(ValueError, match=r"^mesh\.rules: .*" + message.replace("(", r"\(")
                      .replace(")", r"\)")):
     sharding.check_rules(config.mesh.rules)
+
+
+def test_value_tables_are_split_by_columns_and_never_by_rows():
+  """A memory table [N, V] takes its columns over fsdp x model; where the mesh does not divide
+  V it stays whole rather than taking FSDP along its rows, as another parameter would."""
+  table, rules = P(None, axes.MEMORY_VALUES), sharding.DEFAULT_RULES
+  assert sharding.mesh_spec(table, (1024, 32), MESH, rules) == P(None, ("fsdp", "model"))
+  assert sharding.mesh_spec(table, (1024, 6), MESH, rules) == P(None, None)
+  assert sharding.mesh_spec(P(None, None), (1024, 6), MESH, rules) == P("fsdp", None)
