@@ -1,4 +1,5 @@
-"""The fused Pallas kernel of `selective_scan` (Mamba S6; TPU, interpret mode on CPU).
+"""The fused Pallas kernels of `selective_scan` (Mamba S6; TPU and Hopper GPUs, interpret
+mode on CPU).
 
 Discretisation (a_t = exp(dt_t A), dt_t B_t u_t), the scan, the C contraction, the D skip and
 the z gate all happen inside the kernel, so the [B, T, Dm, N] state tensor never reaches HBM.
@@ -12,6 +13,16 @@ Backward (`jax.custom_vjp`): the forward saves only the state entering each time
 the tile's states from the saved entry state into VMEM scratch, then steps back through them:
   dh_t = C_t dy_t + a_{t+1} dh_{t+1},   dB_t = dh_t . (dt_t u_t),   dC_t = h_t . dy_t,
   d(dt_t u_t) = B_t . dh_t,   da_t = dh_t h_{t-1},   dA += da_t a_t dt_t,   dh_{-1} = a_0 dh_0.
+
+GPU (Mosaic GPU, `plgpu.kernel`, Hopper): one program (a warpgroup of 128 threads) per batch
+row and 128 channels of one group; each thread keeps its channel's N state values (N <= 16,
+padded to a multiple of 8) as N float32 register rows, and reads B_t, C_t as SMEM scalars.
+Time runs in tiles of GPU_BLOCK_T = 16 steps copied GMEM -> SMEM by TMA; padded steps have
+dt = 0 (a = 1, no input), so the state passes through them. The forward saves the tile-entry
+states [B, T/16, Np, Dm]; the backward walks the tiles in reverse, recomputes the tile's 16
+states into SMEM (16 x 16 x 128 float32: what bounds N) and steps back through them with the
+equations above. The TPU and GPU forms are two custom_vjp functions picked per platform around
+the whole op (their residuals differ).
 """
 from __future__ import annotations
 
@@ -348,7 +359,8 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def selective_scan(u, dt, A, B, C, h0, resets, *, D=None, z=None, block_t=128, block_d=128):
-  """Fused kernel form of `reference.selective_scan`, with the D skip and z gate inside:
+  """Fused kernel form of `reference.selective_scan` (TPU kernel; Mosaic GPU kernel on cuda,
+  N <= 16, tiles of min(block_t, 16) steps, block_d unused), with the D skip and z gate inside:
 
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = (C_t . h_t + D u_t) * silu(z_t).
 
