@@ -489,12 +489,8 @@ def _gpu_forward_kernel(lay, has_z):
               barriers)
     A, D = [A_s[n] for n in range(num_n)], D_s[0]
 
-    def tile(k, h):
+    def tile(k, entry):
       steps = pl.ds(k * block_t, block_t)
-      for n in range(num_n):
-        h_s[n] = h[n]
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(h_s, entries.at[b, k, :, cols])  # the tile's entry state
       _gpu_load([(u.at[b, steps, cols], u_s), (dt.at[b, steps, cols], dt_s),
                  (Bg.at[b, g, steps], B_s), (Cg.at[b, g, steps], C_s),
                  (resets.at[b, steps], r_s)]
@@ -512,8 +508,10 @@ def _gpu_forward_kernel(lay, has_z):
         y_s[t] = y_t.astype(y_s.dtype)
         return h
 
-      h = lax.fori_loop(0, block_t, one_step, h)
-      _gpu_store([(y_s, y.at[b, steps, cols])])
+      h = lax.fori_loop(0, block_t, one_step, entry)
+      for n in range(num_n):  # stored with y, after the barrier that ends the tile's reads
+        h_s[n] = entry[n]
+      _gpu_store([(y_s, y.at[b, steps, cols]), (h_s, entries.at[b, k, :, cols])])
       return h
 
     h = lax.fori_loop(0, lay.num_tiles, tile, [h_s[n] for n in range(num_n)])
