@@ -8,9 +8,10 @@ chunk form (their reference's backward would keep T states [B, H, K, V]: 50 GB a
 
   python -m benchmarks [--full] --only kernels
 
-Runs on whatever backend is present. On a TPU the kernels compile; on a CPU they run in
-interpret mode (slow, and no measure of the kernels: a smoke test of the script) at a small
-shape. Bandwidth counts the compulsory HBM traffic only: every input read once and every
+Runs on whatever backend is present. On a TPU or a Hopper GPU the kernels compile (on a GPU
+the matrix-state ops have no kernel yet: their XLA form only); on a CPU they run in interpret
+mode (slow, and no measure of the kernels: a smoke test of the script) at a small shape.
+`benchmarks/gpu_kernels.py` is the GPU check: the gpu-marked tests, then this on the scans. Bandwidth counts the compulsory HBM traffic only: every input read once and every
 output written once (forward: inputs + outputs; forward+backward: inputs + output cotangents +
 gradients); peak_frac is that over the device's peak bandwidth (PEAK_GBPS, when known).
 """
@@ -76,21 +77,25 @@ def _bytes(*trees) -> int:
 
 
 def _forms(op, matrix=False):
-  """reference (scans only), the XLA form "auto" picks on accelerators, and the kernel."""
+  """reference (scans only), the XLA form "auto" picks on accelerators, and the kernel (none
+  for the matrix-state ops on a GPU)."""
+  kernel = not (matrix and jax.default_backend() == "gpu")
   return dict.fromkeys(("reference",) * (not matrix)
-                       + (ops_common.AUTO_FORMS[op]["accelerator"], "pallas"))
+                       + (ops_common.AUTO_FORMS[op]["accelerator"],) + ("pallas",) * kernel)
 
 
-def run(full: bool = False) -> common.Result:
+def run(full: bool = False, ops=None, shapes=None) -> common.Result:
   """Each op's reference, accelerator XLA form and kernel: one shape per op kind (full: three
   scan shapes and FLA's grid on an accelerator; on a CPU always one small shape each, in
-  interpret mode)."""
+  interpret mode). ops: the ops to run (default: all); shapes: the scans' (B, T, D)."""
   on_cpu = jax.default_backend() == "cpu"
   if on_cpu:  # interpret mode: a smoke test
-    shapes, matrix_shapes = [(2, 256, 256)], [(1, 256, 2, 64)]
+    default_shapes, matrix_shapes = [(2, 256, 256)], [(1, 256, 2, 64)]
   else:
-    shapes = [(2, 2048, 256), (8, 4096, 1024), (4, 16384, 2048)] if full else [(2, 2048, 256)]
+    default_shapes = ([(2, 2048, 256), (8, 4096, 1024), (4, 16384, 2048)] if full
+                      else [(2, 2048, 256)])
     matrix_shapes = FLA_GRID if full else [(4, 2048, 16, 128)]
+  shapes = shapes or default_shapes
   peak = PEAK_GBPS.get(jax.devices()[0].device_kind)
   cases = [((B, T, None, D), dtype, False, case)
            for B, T, D in shapes for dtype in (jnp.float32, jnp.bfloat16)
@@ -98,6 +103,7 @@ def run(full: bool = False) -> common.Result:
   cases += [((B, T, H, D), dtype, True, case)
             for B, T, H, D in matrix_shapes for dtype in (jnp.float32, jnp.bfloat16)
             for case in _matrix_cases(B, T, H, D, dtype)]
+  cases = [case for case in cases if ops is None or case[3][0] in ops]
   rows = []
   for (B, T, H, D), dtype, matrix, (op, fn, inputs) in cases:
     baseline = None

@@ -50,6 +50,15 @@ def assert_lowers_for_tpu(fn, *shapes, kernels: int) -> None:
   assert both > forward, f"forward + VJP: {both} Mosaic calls, expected more than {forward}"
 
 
+def assert_lowers_for_cuda(fn, *shapes, kernels: int) -> None:
+  """`fn` and its VJP, exported together for cuda, hold `kernels` Mosaic GPU calls
+  (`plgpu.kernel`: forward and backward kernels together) and no Triton call."""
+  text = export_text(value_and_vjp(fn), *shapes, platform="cuda")
+  found = text.count("mosaic_gpu_v2")
+  assert found == kernels, f"forward + VJP: {found} Mosaic GPU calls, expected {kernels}"
+  assert "triton" not in text, "a Triton call: the GPU kernels are Mosaic GPU kernels"
+
+
 @contextlib.contextmanager
 def race_detection():
   """Yields `pltpu.InterpretParams` that detect races between two simulated cores and fill

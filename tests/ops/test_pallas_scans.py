@@ -1,7 +1,8 @@
 """The Pallas kernels of linear_scan and log_linear_scan: interpret mode on CPU against the
 float64 lax.scan oracle (outputs, final state, every gradient, odd T, several time tiles,
 nonzero initial states, packed segment_ids), one race-detecting run each, and lowering for TPU
-at a realistic shape (the gate: interpret mode accepts blocks the backend rejects)."""
+and (the Mosaic GPU kernels) cuda at a realistic shape (the gate: interpret mode accepts blocks
+the backend rejects). The GPU kernels run in Mosaic GPU's interpreter too (`interpret_gpu`)."""
 import functools
 
 import jax
@@ -40,12 +41,12 @@ def _log_inputs(seed=0, shape=(B, T, D)):
   return (log_a, log_b), harness.rand(seed + 2, shape[:1] + shape[2:], low=0.1, high=2.0)
 
 
-def _check_linear(case, reverse=False):
+def _check_linear(case, reverse=False, shape=(B, T, D)):
   dtype, out_tol, grad_tol = CASES[case]
-  xs, h0 = _linear_inputs()
+  xs, h0 = _linear_inputs(shape=shape)
   harness.assert_form_matches_reference(
       kernels.cast_inputs(_linear("pallas", reverse), dtype), _linear("reference", reverse),
-      xs, h0, harness.packed_segment_ids(B, T), out_tol, grad_tol,
+      xs, h0, harness.packed_segment_ids(*shape[:2]), out_tol, grad_tol,
       what=f"linear_scan pallas {case} reverse={reverse}")
 
 
@@ -56,12 +57,12 @@ def _check_complex():
       harness.packed_segment_ids(B, T, seed=1), what="linear_scan pallas complex64")
 
 
-def _check_log(case):
+def _check_log(case, shape=(B, T, D)):
   dtype, out_tol, grad_tol = CASES[case]
-  xs, h0 = _log_inputs()
+  xs, h0 = _log_inputs(shape=shape)
   harness.assert_form_matches_reference(
       kernels.cast_inputs(_log("pallas"), dtype), _log("reference"), xs, h0,
-      harness.packed_segment_ids(B, T, seed=2), out_tol, grad_tol,
+      harness.packed_segment_ids(*shape[:2], seed=2), out_tol, grad_tol,
       what=f"log_linear_scan pallas {case}")
 
 
@@ -165,14 +166,70 @@ def test_lowers_for_tpu_wide_grid(monkeypatch, op, T, D):
                                   jax.ShapeDtypeStruct((3, D), jnp.float32), kernels=1)
 
 
-def test_gpu_without_kernel_raises(monkeypatch):
-  """No GPU kernel yet: impl="pallas" refuses on a GPU and fails to lower for cuda."""
+@pytest.mark.parametrize("check", [
+    _check_linear, pytest.param(_check_log, marks=pytest.mark.slow)])  # one body: budget
+def test_gpu_kernel_interpreted_matches_reference(monkeypatch, check):
+  """The Mosaic GPU kernels' own bodies (forward and backward) in Mosaic GPU's interpreter,
+  which is slow: one program, two time tiles of 8 steps, the last one padded."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  monkeypatch.setattr(pallas, "GPU_BLOCK_T", 8)
+  check("float32", shape=(1, 9, D))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", CHECKS)
+def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
+  """Every check of the TPU kernels, on the Mosaic GPU kernels in their interpreter."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  CHECKS[check]()
+
+
+@kernels.on_platform("gpu")
+@pytest.mark.parametrize("check", CHECKS)
+def test_compiled_on_gpu_matches_reference(check):
+  CHECKS[check]()
+
+
+@pytest.mark.parametrize("op, dtype", [
+    ("linear_scan", jnp.float32), ("linear_scan", jnp.bfloat16),
+    pytest.param("linear_scan", jnp.complex64, marks=pytest.mark.slow),
+    ("log_linear_scan", jnp.float32),
+    pytest.param("log_linear_scan", jnp.bfloat16, marks=pytest.mark.slow)])
+def test_lowers_for_cuda(monkeypatch, op, dtype):
+  """Forward and backward Mosaic GPU kernels (plgpu.kernel, no Triton) at the export shape."""
+  monkeypatch.setitem(common.FORMS[op], "pallas", getattr(pallas, op))  # default blocks
+  fn = {"linear_scan": linear_scan, "log_linear_scan": log_linear_scan}[op]
+  state_dtype = jnp.complex64 if dtype == jnp.complex64 else jnp.float32
+  kernels.assert_lowers_for_cuda(
+      lambda x, y, h0, ids: fn(x, y, h0, impl="pallas", segment_ids=ids),
+      *_export_shapes(dtype, state_dtype), kernels=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("T", [1, 100, 16384])
+@pytest.mark.parametrize("D", [1, 200, 1024])
+@pytest.mark.parametrize("op", ["linear_scan", "log_linear_scan"])
+def test_lowers_for_cuda_wide_grid(monkeypatch, op, T, D):
+  monkeypatch.setitem(common.FORMS[op], "pallas", getattr(pallas, op))
+  fn = {"linear_scan": linear_scan, "log_linear_scan": log_linear_scan}[op]
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jax.ShapeDtypeStruct((3, T, D), dtype)
+    kernels.assert_lowers_for_cuda(lambda x, y, h0: fn(x, y, h0, impl="pallas"), x, x,
+                                   jax.ShapeDtypeStruct((3, D), jnp.float32), kernels=2)
+
+
+class _Device:
+  platform, device_kind, compute_capability = "gpu", "NVIDIA A100-SXM4-80GB", "8.0"
+
+
+def test_gpu_kernel_refuses_a_gpu_before_hopper(monkeypatch):
   (a, b), h0 = _linear_inputs(jnp.float32)
-  with pytest.raises(Exception, match="cuda"):
-    kernels.export_text(lambda a, b: linear_scan(a, b, impl="pallas"), a, b, platform="cuda")
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  with pytest.raises(ValueError, match="linear_scan: impl='pallas' has no GPU kernel yet"):
-    linear_scan(a, b, h0, impl="pallas")
+  monkeypatch.setattr(jax, "devices", lambda *_: [_Device()])
+  for fn in (linear_scan, log_linear_scan):
+    with pytest.raises(ValueError, match=r"impl='pallas' has Mosaic GPU kernels for Hopper "
+                       r"\(sm_90: H100, H200\) only; this is NVIDIA A100.*capability 8.0"):
+      fn(a, b, jnp.abs(h0), impl="pallas")
 
 
 def test_auto_picks_the_kernel_only_where_verified(monkeypatch):

@@ -1,14 +1,15 @@
 """The fused Pallas selective_scan: interpret mode on CPU against the float64 lax.scan oracle
 (outputs, final state and the gradients of u, delta, B, C, z, A, D, delta_bias and the initial
 state; odd T over several time tiles, groups, packed segment_ids with padding), one
-race-detecting run of the forward and backward kernels, and lowering for TPU."""
+race-detecting run of the forward and backward kernels, and lowering for TPU; the Mosaic GPU
+kernels lowered for cuda and run in Mosaic GPU's interpreter against the same oracle."""
 import functools
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from layers.ops import common, selective_scan
+from layers.ops import _pallas, common, selective_scan
 from layers.ops.selective_scan import pallas
 from tests import harness, kernels
 
@@ -32,18 +33,19 @@ def _op(impl):
   return fn
 
 
-def _inputs(groups, seed=0):
-  bc = (B, T, N) if groups is None else (B, T, groups, N)
-  u, delta, z = (harness.rand(seed + i, (B, T, DM)) for i in range(3))
+def _inputs(groups, seed=0, batch=B, length=T):
+  bc = (batch, length, N) if groups is None else (batch, length, groups, N)
+  u, delta, z = (harness.rand(seed + i, (batch, length, DM)) for i in range(3))
   A = -harness.rand(seed + 3, (DM, N), low=0.5, high=2.0)
   params = (A, harness.rand(seed + 4, (DM,)), harness.rand(seed + 5, (DM,)))
   xs = (u, delta, harness.rand(seed + 6, bc), harness.rand(seed + 7, bc), z, *params)
-  return xs, harness.rand(seed + 8, (B, DM, N))
+  return xs, harness.rand(seed + 8, (batch, DM, N))
 
 
-def _check(dtype, groups, tol):
-  xs, h0 = _inputs(groups)
-  segment_ids = harness.packed_segment_ids(B, T).at[1, :5].set(0)  # padding
+def _check(dtype, groups, tol, batch=B, length=T):
+  xs, h0 = _inputs(groups, batch=batch, length=length)
+  padding = min(5, length // 4)  # leading padding in the last row, real segments after it
+  segment_ids = harness.packed_segment_ids(batch, length).at[-1, :padding].set(0)
   harness.assert_form_matches_reference(
       kernels.cast_inputs(_op("pallas"), dtype), _op("reference"), xs, h0, segment_ids,
       *tol, what=f"pallas {jnp.dtype(dtype).name} G={groups}")
@@ -66,6 +68,28 @@ def test_interpret_matches_reference(check):
 @kernels.on_platform("tpu")
 @pytest.mark.parametrize("check", CHECKS)
 def test_compiled_on_tpu_matches_reference(check):
+  CHECKS[check]()
+
+
+def test_gpu_kernel_interpreted_matches_reference(monkeypatch):
+  """The Mosaic GPU kernels' own bodies (forward and backward) in Mosaic GPU's interpreter,
+  which is slow: one batch row and program, two time tiles of 4 steps (the last padded),
+  float32; groups and longer tiles in the slow tier."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  monkeypatch.setattr(pallas, "GPU_BLOCK_T", 4)
+  _check(jnp.float32, None, (1e-5, 1e-4), batch=1, length=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", CHECKS)
+def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  CHECKS[check]()
+
+
+@kernels.on_platform("gpu")
+@pytest.mark.parametrize("check", CHECKS)
+def test_compiled_on_gpu_matches_reference(check):
   CHECKS[check]()
 
 
@@ -144,6 +168,41 @@ def test_lowers_for_tpu():
 def test_lowers_for_tpu_wide_grid(dtype, groups, length, width, state):
   kernels.assert_lowers_for_tpu(
       _form, *_export_args(dtype, groups, 2, length, width, state), kernels=1)
+
+
+def _op_shapes(b, t, d, n, dtype):
+  """Abstract inputs of the op as `_through_op` takes them: u, delta, z and B, C in dtype."""
+  s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
+  f32 = jnp.float32
+  return (s(b, t, d), s(b, t, d), s(d, n, d=f32), s(b, t, n), s(b, t, n), s(d, d=f32),
+          s(b, t, d), s(d, d=f32), s(b, d, n, d=f32), s(b, t, d=jnp.int32))
+
+
+def _through_op(u, delta, A, Bm, Cm, D, z, bias, h0, ids):
+  return selective_scan(u, delta, A, Bm, Cm, D, z, bias, True, h0, ids, impl="pallas")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_lowers_for_cuda(dtype):
+  """The forward and backward Mosaic GPU kernels (plgpu.kernel, no Triton) through the op."""
+  kernels.assert_lowers_for_cuda(_through_op, *_op_shapes(
+      kernels.EXPORT_B, kernels.EXPORT_T, kernels.EXPORT_D, kernels.EXPORT_N, dtype), kernels=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("groups, length, width, state", [
+    (1, 1, 16, 16), (1, 100, 200, 4), (2, 4096, 1024, 16), (8, 16384, 1024, 16)])
+def test_lowers_for_cuda_wide_grid(dtype, groups, length, width, state):
+  kernels.assert_lowers_for_cuda(
+      _form, *_export_args(dtype, groups, 2, length, width, state), kernels=2)
+
+
+def test_gpu_kernel_refuses_a_large_state():
+  """N > 16 would overflow SMEM in the backward: a clear error, not a failed compile."""
+  args = [jnp.zeros(x.shape, x.dtype) for x in _export_args(jnp.float32, 1, 1, 8, 128, 32)]
+  with pytest.raises(ValueError, match="Mosaic GPU kernel takes N <= 16"):
+    kernels.export_text(_form, *args, platform="cuda")
 
 
 def test_complex_initial_state_raises():

@@ -45,7 +45,7 @@ def linear_scan(a: jax.Array, b: jax.Array, initial_state: jax.Array | None = No
     initial_state: h_{-1}, [B, ...] (zeros when None); it feeds the first segment of each row.
       A complex state with real a, b makes the recurrence complex.
     impl: "reference" (lax.scan) | "associative" (lax.associative_scan) | "pallas" (the
-      TPU kernel; interpret mode on CPU) | "auto" (common.AUTO_FORMS: reference on CPU,
+      TPU kernel, or the Mosaic GPU kernel on a Hopper GPU; interpret mode on CPU) | "auto" (common.AUTO_FORMS: reference on CPU,
       associative on GPU/TPU, the kernel where `_pallas.VERIFIED` lists the device).
     reverse: run from the last step to the first (h_t = a_t h_{t+1} + b_t); the initial state
       then feeds the last segment and the final state is h at t = 0.
@@ -91,7 +91,8 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array,
     impl: "reference" (lax.scan) | "associative" (lax.associative_scan on
       (a1 + a2, logaddexp(b1 + a2, b2)) with reset flags) | "compensated" (lax.scan summing
       log h with Kahan compensation: float32 stays accurate when log_a is tiny next to log h)
-      | "pallas" (the TPU kernel; interpret mode on CPU) | "auto" (common.AUTO_FORMS).
+      | "pallas" (the TPU kernel, or the Mosaic GPU kernel on a Hopper GPU; interpret mode on
+      CPU) | "auto" (common.AUTO_FORMS).
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
   Returns:
     h: [B, T, ...] linear, in the inputs' dtype; final state [B, ...] linear, float32 or wider;

@@ -66,8 +66,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (associative scan within chunks of
       `chunk_size`, state carried across them, chunks rematerialised) | "checkpointed" (the
-      sequential scan within chunks, rematerialised) | "pallas" (the fused TPU kernel, D and z
-      inside; interpret mode on CPU; real inputs) | "auto" (common.AUTO_FORMS: checkpointed on
+      sequential scan within chunks, rematerialised) | "pallas" (the fused TPU kernel, or the
+      Mosaic GPU kernel on a Hopper GPU (N <= 16), D and z inside; interpret mode on CPU; real
+      inputs) | "auto" (common.AUTO_FORMS: checkpointed on
       CPU, chunk on GPU/TPU, the kernel where `_pallas.VERIFIED` lists the device).
   Non-finite inputs: padding (segment id 0) is zeroed first (u, dt, B, C, z), so garbage
   there never reaches real tokens; a non-finite input at step s never reaches earlier chunks
