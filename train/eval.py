@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from train import checkpoint
 from train.loop import build, evaluate, make_steps, place
 from train.tasks import build_task
+from train.tasks.base import ENDLESS
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -75,6 +76,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "eva
       raise ValueError(f"--all: expected a finite split of {type(task).__name__}: "
                        f"{', '.join(s for s in task.SPLITS if s != 'train')}")
     count = len(task.examples(split))
+    if count >= ENDLESS:
+      raise ValueError(f"--all: the {split} split of {type(task).__name__} is endless "
+                       "(generated examples); drop --all")
     batch_size = whole_split_batch(count, task.examples(split)[0]["inputs"].size)
     data = task.dataset(split, batch_size, count)
   else:

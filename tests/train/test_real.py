@@ -18,7 +18,7 @@ import pytest
 from train import baselines, report
 from train.data import fetch, real
 from train.data.lra import MissingDataError
-from train.eval import whole_split_batch
+from train.eval import evaluate_checkpoint, whole_split_batch
 from train.tasks import build_task
 from train.tasks.real import UCR, FashionMNIST, SpamAssassin
 
@@ -300,6 +300,15 @@ def test_baselines_on_toy_data():
   y = (x[:, 2] - x[:, 4] > 0).astype(int)
   predicted = baselines.softmax_regression(x[:150], y[:150], x[150:], 2, steps=100)
   assert np.mean(predicted == y[150:]) > 0.9
+
+
+def test_whole_split_eval_refuses_endless_and_train_splits(tmp_path):
+  from configs.synthetic import mqar  # noqa: PLC0415
+  (tmp_path / "config.json").write_text(mqar.get_config().to_json())
+  with pytest.raises(ValueError, match="--all: the eval split of MQAR is endless"):
+    evaluate_checkpoint(str(tmp_path), split="eval", whole=True)
+  with pytest.raises(ValueError, match="--all: expected a finite split of MQAR: eval"):
+    evaluate_checkpoint(str(tmp_path), split="train", whole=True)
 
 
 def test_whole_split_batches_cover_the_split():
