@@ -111,7 +111,10 @@ def rows(workdirs: list[str], baseline_fn=baselines_lib.baselines) -> list[dict]
 
 
 def _command(commands: list[str]) -> str:
-  """The commands of a group's seeds as one, `seed=S` standing for each seed."""
+  """The commands of a group's seeds as one, `seed=S` (and a workdir ending `_S`) standing
+  for each seed."""
+  if len(commands) == 1:
+    return commands[0]
   generic = {re.sub(r"(?<=[:,])seed=\d+", "seed=S", re.sub(r"_\d+(?=( |$))", "_S", c))
              for c in commands}
   return generic.pop() if len(generic) == 1 else " ; ".join(commands)
