@@ -5,9 +5,8 @@ the files once with `python -m train.data.fetch ucr` (into ~/.cache/seqmodels/uc
   python -m train --config configs/real/ucr.py:problem=GunPoint,model=s4d,seed=0 \\
       --workdir runs/ucr/GunPoint_s4d_0
 
-`problem=` one of UCR below; `seed=` sets task.seed (data order) and run.seed (init); eval
-is
-the archive's TEST file (there is no validation set), `python -m train.report` scores the
+`problem=` one of UCR below; `seed=` sets task.seed (data order) and run.seed (init). eval
+is the archive's TEST file (there is no validation set); `python -m train.report` scores the
 whole of it.
 """
 import ml_collections
