@@ -5,7 +5,6 @@ toy data; the report's table and README markers. Slow tier: each reader on the f
 (skipped, saying so, when they are not there) and a short learning run per dataset that beats
 the majority rate."""
 import gzip
-import json
 import os
 import struct
 import sys
