@@ -62,12 +62,14 @@ def parameter_count(config) -> int:
 
 
 def dataset_name(task_config) -> str:
-  """ucr/<problem>, fashion_mnist (permuted), spam_assassin, ..."""
+  """ucr/<problem>, fashion_mnist (permuted), spam_assassin (4096 bytes), ..."""
   name = task_config["name"]
   if "problem" in task_config:
     name += f"/{task_config['problem']}"
   if task_config.get("permuted"):
     name += " (permuted)"
+  if "max_length" in task_config:
+    name += f" ({task_config['max_length']} bytes)"
   return name
 
 

@@ -327,6 +327,11 @@ def test_report_groups_seeds_and_writes_between_the_markers(tmp_path):
   assert ("| ucr/Toy | s4d | 1,234 | 300 | 0, 1, 2 | 0.900 ± 0.100 | 0.500 | 1-NN Euclidean "
           "0.700 | `python -m train --config configs/real/ucr.py:problem=Toy,seed=S "
           "--workdir runs/Toy_s4d_S` |") in text
+  assert report.dataset_name({"name": "ucr", "problem": "Toy", "seed": 1}) == "ucr/Toy"
+  assert report.dataset_name({"name": "fashion_mnist", "permuted": True}) == (
+      "fashion_mnist (permuted)")
+  assert report.dataset_name({"name": "spam_assassin", "max_length": 1024}) == (
+      "spam_assassin (1024 bytes)")
   readme = tmp_path / "README.md"
   readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\noutro\n")
   report.write_readme(str(readme), text)
