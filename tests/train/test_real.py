@@ -400,7 +400,7 @@ def _learn(config, workdir, whole: bool):
 @pytest.mark.parametrize("spec, steps, eval_batches, margin", [
     ("ucr:problem=GunPoint", 150, 1, 0.3),
     ("fashion_mnist", 150, 16, 0.4),  # 256 test images: the whole t10k costs minutes here
-    ("spam", 60, 1, 0.1),
+    ("spam", 150, 1, 0.1),  # the run in the README table: 0.912 against 0.687
 ])
 def test_a_short_run_beats_the_majority_rate(tmp_path, spec, steps, eval_batches, margin):
   name, _, arg = spec.partition(":")
