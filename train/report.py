@@ -8,8 +8,8 @@ whole=True)`, cached in RUN_DIR/test_metrics.json), its parameter count and step
 command that completed it (RUN_DIR/command.txt). Runs that differ only in their seed make
 one row: the mean and the sample standard deviation over seeds. Each row also shows the
 task's baselines (train.baselines: majority class, and 1-NN / linear / bag-of-bytes) on the
-same split. The table replaces what lies between `<!-- results -->` and `<!-- /results -->`
-in the README (and is printed).
+same split (cached in ~/.cache/seqmodels/baselines.json). The table replaces what lies
+between `<!-- results -->` and `<!-- /results -->` in the README (and is printed).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import numpy as np
 from flax import linen as nn
 
 from train import baselines as baselines_lib, checkpoint
+from train.data import real
 from train.eval import evaluate_checkpoint, load_config
 from train.loop import build
 from train.main import COMMAND_FILE
@@ -86,6 +87,24 @@ def _group_key(config) -> str:
   return json.dumps(config, sort_keys=True, default=str)
 
 
+BASELINES_FILE = os.path.join(real.CACHE, "baselines.json")
+
+
+def cached(key: str, compute) -> dict:
+  """compute() once per task key, kept in ~/.cache/seqmodels/baselines.json (the linear
+  Fashion-MNIST baseline takes minutes on a small CPU; delete the file to recompute)."""
+  store = {}
+  if os.path.exists(BASELINES_FILE):
+    with open(BASELINES_FILE) as f:
+      store = json.load(f)
+  if key not in store:
+    store[key] = compute()
+    os.makedirs(os.path.dirname(BASELINES_FILE), exist_ok=True)
+    with open(BASELINES_FILE, "w") as f:
+      json.dump(store, f, indent=1)
+  return store[key]
+
+
 def rows(workdirs: list[str], baseline_fn=baselines_lib.baselines) -> list[dict]:
   """One row per experiment (runs grouped over seeds), in the order first seen."""
   groups: dict[str, dict] = {}
@@ -104,7 +123,7 @@ def rows(workdirs: list[str], baseline_fn=baselines_lib.baselines) -> list[dict]
     task_key = json.dumps({k: v for k, v in config.task.items() if k != "seed"},
                           sort_keys=True)
     if task_key not in scores:
-      scores[task_key] = baseline_fn(build_task(config.task))
+      scores[task_key] = cached(task_key, lambda: baseline_fn(build_task(config.task)))
     group["baselines"] = group["baselines"] or scores[task_key]
     group["seeds"].append(config.run.seed)
     group["accuracies"].append(metrics["test_accuracy"])

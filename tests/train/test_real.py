@@ -317,7 +317,7 @@ def test_whole_split_batches_cover_the_split():
   assert whole_split_batch(13, 2**20) == 1
 
 
-def test_report_groups_seeds_and_writes_between_the_markers(tmp_path):
+def test_report_groups_seeds_and_writes_between_the_markers(tmp_path, monkeypatch):
   rows = [dict(dataset="ucr/Toy", model="s4d", params=1234, steps=300, seeds=[1, 0, 2],
                accuracies=[0.9, 0.8, 1.0], examples=10,
                commands=[f"python -m train --config configs/real/ucr.py:problem=Toy,seed={s} "
@@ -332,6 +332,11 @@ def test_report_groups_seeds_and_writes_between_the_markers(tmp_path):
       "fashion_mnist (permuted)")
   assert report.dataset_name({"name": "spam_assassin", "max_length": 1024}) == (
       "spam_assassin (1024 bytes)")
+  monkeypatch.setattr(report, "BASELINES_FILE", str(tmp_path / "cache" / "baselines.json"))
+  calls = []
+  for _ in range(2):
+    assert report.cached("k", lambda: calls.append(1) or {"majority": 0.5}) == {"majority": 0.5}
+  assert calls == [1]
   readme = tmp_path / "README.md"
   readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\noutro\n")
   report.write_readme(str(readme), text)
