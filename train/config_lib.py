@@ -7,6 +7,8 @@ eval, logging, checkpoints).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -145,13 +147,22 @@ def block_transformer(model: ml_collections.ConfigDict, block_length: int = 4,
       del model[key]
 
 
-def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collections.ConfigDict:
-  """A Long Range Arena run (configs/lra/): `arg` picks model= (default s4d) and size= among
-  `sizes` (the first is the default); `task` holds the task's options. Each size gives
-  d_model, n_layers, mixer_kwargs ({mixer: options}, kept for the mixers the model uses), lr,
-  ssm_lr, weight_decay, batch_size, steps, eval_every, eval_batches. Warmup is 1% of the
-  steps, then a cosine decay to 0; checkpoints at every eval."""
-  options = parse_arg(arg, model="s4d", size=next(iter(sizes)))
+def lra_config(arg: str | None, task: dict, sizes: dict[str, dict] | Callable[[dict], dict],
+               task_args: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """A Long Range Arena run (configs/lra/, configs/real/): `arg` picks model= (default s4d)
+  and size= among `sizes` (the first is the default), and sets the task options named in
+  `task_args` (`seed` among them: task.seed and run.seed, one value); `task` holds the task's
+  options. Each size gives d_model, n_layers, mixer_kwargs ({mixer: options}, kept for the
+  mixers the model uses), lr, ssm_lr, weight_decay, batch_size, steps, eval_every,
+  eval_batches; `sizes` may be a function of the task options returning that dict. Warmup is
+  1% of the steps, then a cosine decay to 0; checkpoints at every eval."""
+  task = dict(task)
+  options = parse_arg(arg, model="s4d", size=None, **{k: task.get(k, 0) for k in task_args})
+  for key in task_args:
+    task[key] = _parse_like(task.get(key, 0), options[key], key)
+  if callable(sizes):
+    sizes = sizes(task)
+  options["size"] = options["size"] or next(iter(sizes))
   config = base_config(options["model"], options["size"],
                        {name: (h["d_model"], h["n_layers"]) for name, h in sizes.items()})
   h = sizes[options["size"]]
@@ -163,8 +174,24 @@ def lra_config(arg: str | None, task: dict, sizes: dict[str, dict]) -> ml_collec
   config.opt.update(lr=h["lr"], ssm_lr=h["ssm_lr"], weight_decay=h["weight_decay"],
                     warmup_steps=max(1, h["steps"] // 100), final_lr_ratio=0.0)
   config.run.update(steps=h["steps"], batch_size=h["batch_size"], eval_every=h["eval_every"],
-                    eval_batches=h["eval_batches"], checkpoint_every=h["eval_every"])
+                    eval_batches=h["eval_batches"], checkpoint_every=h["eval_every"],
+                    seed=config.task.seed)
   return config
+
+
+def _parse_like(default, value, key: str):
+  """A config argument's string `value` as the type of `default` (bools: True/False)."""
+  if not isinstance(value, str):
+    return value
+  if isinstance(default, bool):
+    if value not in ("True", "False"):
+      raise ValueError(f"config argument {key}={value!r}: expected True or False")
+    return value == "True"
+  try:
+    return type(default)(value)
+  except ValueError:
+    raise ValueError(f"config argument {key}={value!r}: expected a {type(default).__name__}"
+                     ) from None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import shlex
 import sys
 
 import jax
@@ -174,12 +175,20 @@ def _main(argv):
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except RUN_ERRORS as e:  # one line, no traceback
     sys.exit(f"error: {e}")
+  if jax.process_index() == 0:  # the command that completed the run (train.report shows it)
+    with open(os.path.join(_WORKDIR.value, COMMAND_FILE), "w") as f:
+      f.write(shlex.join(["python", "-m", "train", *_ARGV]) + "\n")
   print("final eval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
   print(f"outputs in {os.path.abspath(_WORKDIR.value)} (config.json, metrics.jsonl, tb/, "
         "checkpoints/)")
 
 
+COMMAND_FILE = "command.txt"
+_ARGV: list[str] = []
+
+
 def run():
   """Console-script entry point (`seqmodels-train`)."""
+  _ARGV[:] = sys.argv[1:]
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main, flags_parser=_parse_flags)

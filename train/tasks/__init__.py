@@ -1,6 +1,7 @@
 """Tasks by name: each builds its grain datasets and declares its loss and metrics."""
 from train.tasks.base import GeneratedTask, Task
 from train.tasks.lra import Image, ListOps, Pathfinder, Retrieval, Text
+from train.tasks.real import UCR, FashionMNIST, SpamAssassin
 from train.tasks.synthetic import Facts, InductionHeads, MQAR, SelectiveCopying
 from train.tasks.text import CharLM
 
@@ -15,6 +16,9 @@ TASKS: dict[str, type[Task]] = {
     "retrieval": Retrieval,
     "image": Image,
     "pathfinder": Pathfinder,  # Path-X: resolution=128
+    "fashion_mnist": FashionMNIST,
+    "ucr": UCR,
+    "spam_assassin": SpamAssassin,
 }
 
 

@@ -15,10 +15,13 @@ from seqmodels import TaskFacts
 from seqmodels.generate import check_token_ids
 
 
+ENDLESS = 2**62  # the length of a split of generated examples
+
+
 def generated_examples(make, seed: int, stream: int) -> grain.MapDataset:
   """Endless examples drawn from their index: example i is make(rng) with rng seeded by
   (seed, stream, i)."""
-  return grain.MapDataset.range(2**62).map(
+  return grain.MapDataset.range(ENDLESS).map(
       lambda i: make(np.random.default_rng([seed, stream, int(i)])))
 
 
