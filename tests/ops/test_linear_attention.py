@@ -152,7 +152,8 @@ def _call(q=(2, 5, 3, 4), k=None, v=(2, 5, 3, 6), g=None, initial_state=None,
     (_call(segment_ids=((2, 4), jnp.int32)), r"segment_ids must have shape \[B, T\]"),
     (_call(segment_ids=((2, 5),)), r"segment_ids must be an integer"),
     (_call(impl="associative"),
-     r"unknown impl='associative'; expected one of 'reference', 'parallel', 'chunk', 'auto'"),
+     r"unknown impl='associative'; expected one of 'reference', 'parallel', 'chunk', "
+     r"'pallas', 'auto'"),
     (_call(chunk_size=0), r"chunk_size must be a positive int"),
 ])
 def test_bad_inputs_raise(call, message):
