@@ -41,7 +41,22 @@ from layers.ops import _pallas
 F32 = jnp.float32
 
 
-class _Layout:
+class _Channels:
+  """The channel layout both kernels' layouts share: each group's Dc channels padded to
+  `group_width` (Dcp) and T to `padded_t` (Tp); padded steps have dt = 0, so the state stays."""
+
+  def channels(self, x):
+    """[B, T, G, Dc] -> [B, Tp, G * Dcp]."""
+    x = _pallas.pad_axis(_pallas.pad_axis(x, 1, self.padded_t), 3, self.group_width)
+    return rearrange(x, "b t g c -> b t (g c)")
+
+  def unchannels(self, x):
+    """[B, Tp, G * Dcp] -> [B, T, G, Dc]."""
+    x = rearrange(x, "b t (g c) -> b t g c", g=self.groups)
+    return x[:, :self.length, :, :self.width]
+
+
+class _Layout(_Channels):
   """Block sizes and padded extents of one call: T -> Tp (block_t), each group's Dc channels
   -> Dcp (block_d)."""
 
@@ -60,16 +75,6 @@ class _Layout:
     self.blocks_per_group = self.group_width // self.block_d
     self.num_tiles = self.padded_t // self.block_t
     self.grid = (self.batch, self.groups * self.blocks_per_group, self.num_tiles)
-
-  def channels(self, x):
-    """[B, T, G, Dc] -> [B, Tp, G * Dcp]."""
-    x = _pallas.pad_axis(_pallas.pad_axis(x, 1, self.padded_t), 3, self.group_width)
-    return rearrange(x, "b t g c -> b t (g c)")
-
-  def unchannels(self, x):
-    """[B, Tp, G * Dcp] -> [B, T, G, Dc]."""
-    x = rearrange(x, "b t (g c) -> b t g c", g=self.groups)
-    return x[:, :self.length, :, :self.width]
 
   def columns(self, x):
     """B or C [B, T, G, N] -> [B, G, Tp / R, N, R]: step t's N-vector is a column."""
@@ -388,7 +393,7 @@ GPU_BLOCK_T = 16  # steps per tile: the backward keeps a tile's states, 16 x 16 
 GPU_MAX_STATE = 16  # state sizes above this overflow SMEM in the backward (N = 16: Mamba-1)
 
 
-class _GpuLayout:
+class _GpuLayout(_Channels):
   """Kernel layouts of one GPU call: each group's Dc channels padded to Dcp (whole programs
   of 128 channels), T to Tp (whole tiles), N to Np (rows of B and C in 32-byte multiples)."""
 
@@ -406,15 +411,6 @@ class _GpuLayout:
     self.group_width = _pallas.round_up(self.width, _pallas.WARPGROUP)
     self.blocks_per_group = self.group_width // _pallas.WARPGROUP
     self.grid = (self.batch, self.groups * self.blocks_per_group)
-
-  def channels(self, x):
-    """[B, T, G, Dc] -> [B, Tp, G * Dcp]; padded steps have dt = 0: the state stays."""
-    x = _pallas.pad_axis(_pallas.pad_axis(x, 1, self.padded_t), 3, self.group_width)
-    return rearrange(x, "b t g c -> b t (g c)")
-
-  def unchannels(self, x):
-    x = rearrange(x, "b t (g c) -> b t g c", g=self.groups)
-    return x[:, :self.length, :, :self.width]
 
   def rows(self, x):
     """B or C [B, T, G, N] -> [B, G, Tp, Np]."""
