@@ -7,6 +7,8 @@ eval, logging, checkpoints).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -24,6 +26,17 @@ SIZES = {  # size name -> (d_model, n_layers)
     "base": (256, 6),
 }
 DTYPES = ("float32", "bfloat16")
+
+
+def load_python_file(path: str, what: str, example: str):
+  """The module of the Python file at `path` (a config or sweep file); a ValueError naming
+  `what` was expected there, with `example`, when there is no such file."""
+  if not os.path.isfile(path):
+    raise ValueError(f"no {what} at {path!r} (expected e.g. {example})")
+  spec = importlib.util.spec_from_file_location(what.replace(" ", "_"), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

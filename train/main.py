@@ -13,7 +13,6 @@ with one line naming the key and what it accepts.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import shlex
 import sys
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 
 from seqmodels import registry
 from seqmodels.models import model_mixers, model_patterns
+from train import config_lib
 from train.checkpoint import CheckpointError
 from train.loop import NonFiniteError, train_and_evaluate
 
@@ -42,12 +42,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0,
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """`path/to/config.py[:arg]` -> its get_config(arg)."""
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ValueError(f"--config: no config file at {path!r} (expected e.g. "
-                     "configs/synthetic/mqar.py:model=attention)")
-  module_spec = importlib.util.spec_from_file_location("run_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module = config_lib.load_python_file(path, "config file",
+                                         "configs/synthetic/mqar.py:model=attention")
+  except ValueError as e:
+    raise ValueError(f"--config: {e}") from None
   return module.get_config(arg or None)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ import numpy as np
 
 from layers import state_bytes
 from seqmodels.models import build_model
+from train import config_lib
 from train.metrics import read_metrics
 from train.tasks import build_task
 
@@ -39,12 +39,8 @@ CSV_COLUMNS = ("name", "model", "d_model", "n_layers", "state_bytes", "params", 
 
 def load_sweep(path: str) -> tuple[str, list[dict]]:
   """(CONFIG, runs) of a sweep file; a ValueError naming what is wrong with it."""
-  if not os.path.isfile(path):
-    raise ValueError(f"no sweep file at {path!r} (expected e.g. "
-                     "configs/synthetic/mqar_frontier.py)")
-  spec = importlib.util.spec_from_file_location("sweep_file", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_python_file(path, "sweep file",
+                                       "configs/synthetic/mqar_frontier.py")
   if not hasattr(module, "CONFIG") or not hasattr(module, "get_sweep"):
     raise ValueError(f"{path}: a sweep file defines CONFIG and get_sweep()")
   runs = list(module.get_sweep())
