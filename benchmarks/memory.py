@@ -136,19 +136,24 @@ def run(full: bool = False) -> common.Result:
             f"{row['temp_MiB']:.1f} MiB", flush=True)
   by = {(r["N"], r["updates"]): r for r in rows if r["model"] == "Memory+"}
   first, last = s["n_keys"][0] ** 2, s["n_keys"][-1] ** 2
-  ratio = lambda key, updates: by[(last, updates)][key] / by[(first, updates)][key]
+
+  def ratio(key, updates):
+    """x(last / first) of a column; a difference (value_opt) at or below zero is noise."""
+    a, b = by[(first, updates)][key], by[(last, updates)][key]
+    return f"x{b / a:.2f}" if a > 0 and b > 0 else "n/a (step - rest within timing noise)"
+
   tokens = s["batch"] * s["length"]
   m = s["memory"]
   note = (f"d_model {s['d_model']}, {s['n_layers']} attention layers, block {s['layer']} "
           f"Memory+ (heads {m['heads']}, k_dim {m['k_dim']}, topk {m['topk']}, V {m['v_dim']}) "
           f"or the SwiGLU MLP of equal FLOPs per token; {tokens} tokens a step (U = "
           f"{tokens * m['heads'] * m['topk']} slots). From N = {first} to {last} rows: sparse "
-          f"step x{ratio('step_ms', 'sparse'):.2f} (dense x{ratio('step_ms', 'dense'):.2f}), "
-          f"sparse value gradient + optimizer x{ratio('value_opt_ms', 'sparse'):.2f} (dense "
-          f"x{ratio('value_opt_ms', 'dense'):.2f}), key scoring x"
+          f"step {ratio('step_ms', 'sparse')} (dense {ratio('step_ms', 'dense')}), "
+          f"sparse value gradient + optimizer {ratio('value_opt_ms', 'sparse')} (dense "
+          f"{ratio('value_opt_ms', 'dense')}), key scoring x"
           f"{by[(last, 'sparse')]['keys_ms'] / by[(first, 'sparse')]['keys_ms']:.2f}; sparse "
-          f"step temporaries x{ratio('temp_MiB', 'sparse'):.2f} (dense "
-          f"x{ratio('temp_MiB', 'dense'):.2f}). value_opt = step - rest (the gradient of all "
+          f"step temporaries {ratio('temp_MiB', 'sparse')} (dense "
+          f"{ratio('temp_MiB', 'dense')}). value_opt = step - rest (the gradient of all "
           "but the table); keys = product-key scoring forward + backward alone.")
   return common.Result(rows, COLUMNS, note=note,
                        settings={k: v for k, v in s.items()})
