@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 from layers.ops import _pallas
@@ -363,3 +364,197 @@ def linear_attention(q, k, v, g, h0, resets, scale=1.0, chunk_size=CHUNK):
   o, final = chunked(lay.seq(q), lay.seq(k), lay.seq(v), None, G, seg, lay.state(h0),
                      float(scale), "linear_attention")
   return lay.unseq(o, lay.V), lay.unstate(final).astype(h0.dtype)
+
+
+# Mosaic GPU (Hopper) ------------------------------------------------------------------------
+GPU_CHUNK = 64  # C on GPU: the wgmma row block
+GPU_BLOCK_V = 64  # Vb: value columns per program (V is split across programs)
+GPU_MAX_K = 128  # Kp above this overflows the backward's SMEM
+BF16 = jnp.bfloat16
+
+
+class _GpuLayout(NamedTuple):
+  """One GPU call: heads BH, chunks NC of C steps, Kp key and Vp value width (Vp = NV Vb)."""
+  heads: int
+  num: int
+  size: int
+  K: int
+  V: int
+
+  @classmethod
+  def of(cls, q, v, G):
+    (heads, _, K), V = q.shape, v.shape[-1]
+    return cls(heads, G.shape[1], G.shape[2], K, V)
+
+  @property
+  def grid(self):
+    return (self.heads, self.V // GPU_BLOCK_V)
+
+
+def _gpu_program():
+  """(head, value columns) of this program."""
+  j = lax.axis_index("values")
+  return lax.axis_index("heads"), j, pl.ds(j * GPU_BLOCK_V, GPU_BLOCK_V)
+
+
+def _gpu_load(pairs, barriers):
+  """Copies each (GMEM slice, SMEM ref) pair with its own barrier and waits for all."""
+  for i, (src, dst) in enumerate(pairs):
+    plgpu.copy_gmem_to_smem(src, dst, barriers.at[i])
+  for i in range(len(pairs)):
+    plgpu.barrier_wait(barriers.at[i])
+
+
+def _gpu_store(pairs):
+  """Copies each (SMEM ref, GMEM slice) pair out and waits until the SMEM may be rewritten."""
+  plgpu.commit_smem()
+  for src, dst in pairs:
+    plgpu.copy_smem_to_gmem(src, dst)
+  plgpu.wait_smem_to_gmem(0)
+
+
+# Stand-ins: Mosaic GPU's interpreter lacks tiled SMEM, transpose_ref, run_state, plgpu.load
+# and layout casts, so under it (interpret is not None) these helpers use plain SMEM, value
+# loads and a float32 dot of the same bfloat16 operands.
+def _tile(shape, interpret, dtype=BF16):
+  """An SMEM buffer for wgmma operands and WGMMA-layout arrays: (8, 128 bytes)-tiled and
+  128-byte swizzled."""
+  if interpret is not None:
+    return plgpu.SMEM(shape, dtype)
+  tiling = plgpu.TilingTransform((8, 128 // jnp.dtype(dtype).itemsize))
+  return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(128)))
+
+
+def _mma(a, b, acc=None, *, ta=False, tb=False, interpret=None):
+  """acc + op(a) @ op(b) in float32 (wgmma), op = transpose where `ta` / `tb`; a, b are
+  bfloat16 SMEM refs, acc a float32 array in the WGMMA layout."""
+  shape = (a.shape[1 - ta], b.shape[tb])
+  if interpret is not None:
+    out = lax.dot_general(a[...], b[...], (((1 - ta,), (tb,)), ((), ())),
+                          preferred_element_type=F32)
+    return out if acc is None else acc + out
+  a = plgpu.transpose_ref(a, (1, 0)) if ta else a
+  b = plgpu.transpose_ref(b, (1, 0)) if tb else b
+  if acc is None:
+    def fresh(ref):
+      plgpu.wgmma(ref, a, b)
+      return ref[...]
+    return pl.run_scoped(fresh, plgpu.ACC(shape, F32))
+
+  def accumulate(ref):
+    plgpu.wgmma(ref, a, b)
+  return pl.run_state(accumulate)(plgpu.ACC.init(acc))
+
+
+def _load(ref, layout, interpret):
+  """ref[...] as an array in `layout` (plgpu.Layout.WGMMA or one of its reductions)."""
+  return ref[...] if interpret is not None else plgpu.load(ref, (), layout=layout)
+
+
+def _iota(size, dim, interpret):
+  if interpret is not None:
+    return lax.broadcasted_iota(jnp.int32, (size, size), dim)
+  return plgpu.broadcasted_iota(jnp.int32, (size, size), dim, layout=plgpu.Layout.WGMMA)
+
+
+class _GpuDecay(NamedTuple):
+  """`_Decay` in the WGMMA layout: within [C, C]; entry, exit [C] (per row); carry scalar."""
+  within: jax.Array
+  entry: jax.Array
+  exit: jax.Array
+  carry: jax.Array
+
+
+def _gpu_decay(G_ref, seg_ref, interpret) -> _GpuDecay:
+  """Decays from one chunk's G and segment index (SMEM [C]); every exp sees a masked exponent."""
+  size = G_ref.shape[0]
+  row = plgpu.Layout.WGMMA.reduce(1)
+  G_i, seg_i = _load(G_ref, row, interpret), _load(seg_ref, row, interpret)
+  G_j = _load(G_ref, plgpu.Layout.WGMMA.reduce(0), interpret)
+  seg_j = _load(seg_ref, plgpu.Layout.WGMMA.reduce(0), interpret)
+  G_last, seg_last = G_ref[size - 1], seg_ref[size - 1]
+  col = lambda x: lax.broadcast_in_dim(x, (size, size), [0])
+  line = lambda x: lax.broadcast_in_dim(x, (size, size), [1])
+  mask = (_iota(size, 0, interpret) >= _iota(size, 1, interpret)) & (col(seg_i) == line(seg_j))
+  return _GpuDecay(
+      within=_masked_exp(mask, col(G_i) - line(G_j)),
+      entry=_masked_exp(seg_i == 0, G_i),
+      exit=_masked_exp(seg_i == seg_last, G_last - G_i),
+      carry=jnp.where(seg_last == 0, jnp.exp(G_last), 0.0))
+
+
+def _rows(x, shape):
+  """A per-row vector [C] broadcast over the columns of `shape`."""
+  return lax.broadcast_in_dim(x, shape, [0])
+
+
+def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
+  C, Vb = lay.size, GPU_BLOCK_V
+
+  def kernel(*refs):
+    refs = list(refs)
+    q_ref, k_ref, v_ref = refs[:3]
+    w_ref = refs[3] if delta else None
+    G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref = refs[3 + delta:9 + delta]
+    q_s, k_s, v_s, *refs = refs[9 + delta:]
+    w_s = refs.pop(0) if delta else None
+    G_s, seg_s, S_s, p_s, u_s, o_s, f32_s, barriers = refs
+    h, _, cols = _gpu_program()
+    _gpu_load([(h0_ref.at[h, :, cols], f32_s)], barriers)
+    S = _load(f32_s, plgpu.Layout.WGMMA, interpret)
+
+    def chunk(n, S):
+      steps = pl.ds(n * C, C)
+      _gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
+                 (v_ref.at[h, steps, cols], v_s), (G_ref.at[h, n], G_s),
+                 (seg_ref.at[h, n], seg_s)]
+                + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
+      S_s[...] = S.astype(BF16)
+      _gpu_store([(S_s, entry_ref.at[h, n, :, cols])])
+      dec = _gpu_decay(G_s, seg_s, interpret)
+      u = _load(v_s, plgpu.Layout.WGMMA, interpret).astype(F32)
+      if delta:  # pseudo-values U = V - W S_in
+        u = u - _mma(w_s, S_s, interpret=interpret)
+      u_s[...] = u.astype(BF16)
+      p_s[...] = (_mma(q_s, k_s, tb=True, interpret=interpret) * dec.within).astype(BF16)
+      plgpu.commit_smem()
+      o = _rows(dec.entry, (C, Vb)) * _mma(q_s, S_s, interpret=interpret)
+      o = _mma(p_s, u_s, o, interpret=interpret)
+      o_s[...] = o.astype(o_s.dtype)
+      _gpu_store([(o_s, o_ref.at[h, steps, cols])])
+      u_s[...] = (_rows(dec.exit, (C, Vb)) * u).astype(BF16)
+      plgpu.commit_smem()
+      return _mma(k_s, u_s, dec.carry * S, ta=True, interpret=interpret)
+
+    S = lax.fori_loop(0, lay.num, chunk, S)
+    f32_s[...] = S
+    S_s[...] = S.astype(BF16)
+    _gpu_store([(f32_s, final_ref.at[h, :, cols]), (S_s, entry_ref.at[h, lay.num, :, cols])])
+  return kernel
+
+
+def _gpu_call(body, lay, out_type, scratch, interpret):
+  return plgpu.kernel(body, out_type=out_type, scratch_types=scratch, grid=lay.grid,
+                      grid_names=("heads", "values"),
+                      **({} if interpret is None else {"interpret": interpret}))
+
+
+def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
+  """The GPU form of `_forward_call` on scaled bfloat16 q, k, v, w [BH, Tp, Kp|Vp] (Kp, Vp
+  multiples of 64): returns o [BH, Tp, Vp] (float32), the final state [BH, Kp, Vp] float32 and
+  the bfloat16 chunk-entry states [BH, NC + 1, Kp, Vp] (the last one: the final state)."""
+  lay, delta = _GpuLayout.of(q, v, G), w is not None
+  C, K, Vb = lay.size, lay.K, GPU_BLOCK_V
+  scratch = [_tile((C, K), interpret)] * (2 + delta)
+  scratch.insert(2, _tile((C, Vb), interpret))
+  scratch += [plgpu.SMEM((C,), F32)] * 2 + [
+      _tile((K, Vb), interpret), _tile((C, C), interpret), _tile((C, Vb), interpret),
+      _tile((C, Vb), interpret, F32), _tile((K, Vb), interpret, F32),
+      plgpu.Barrier(num_barriers=6)]
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
+  return _gpu_call(
+      _gpu_forward_kernel(lay, delta, interpret), lay,
+      [f32(lay.heads, lay.num * C, lay.V), f32(lay.heads, K, lay.V),
+       jax.ShapeDtypeStruct((lay.heads, lay.num + 1, K, lay.V), BF16)],
+      scratch, interpret,
+  )(q, k, v, *([w] if delta else []), G, seg, h0)
