@@ -558,3 +558,98 @@ def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
        jax.ShapeDtypeStruct((lay.heads, lay.num + 1, K, lay.V), BF16)],
       scratch, interpret,
   )(q, k, v, *([w] if delta else []), G, seg, h0)
+
+
+def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
+  C, Vb = lay.size, GPU_BLOCK_V
+  wgmma = plgpu.Layout.WGMMA
+
+  def kernel(*refs):
+    q_ref, k_ref, v_ref, *refs = refs
+    w_ref = refs.pop(0) if delta else None
+    G_ref, seg_ref, entry_ref, do_ref, dfinal_ref, dq_ref, dk_ref, dv_ref, *refs = refs
+    dw_ref = refs.pop(0) if delta else None
+    fin_ref, dh0_ref, q_s, k_s, v_s, do_s, *refs = refs
+    w_s = refs.pop(0) if delta else None
+    (G_s, seg_s, S_s, dS_s, p_s, dp_s, u_s, du_s, doe_s, out_s, dv_s, f32_s, fin_s,
+     barriers) = refs
+    h, j, cols = _gpu_program()
+    _gpu_load([(dfinal_ref.at[h, :, cols], f32_s), (entry_ref.at[h, lay.num, :, cols], S_s)],
+              barriers)
+    dS = _load(f32_s, wgmma, interpret)
+
+    def chunk(i, dS):
+      n = lay.num - 1 - i
+      steps = pl.ds(n * C, C)
+      # rule 21's final-state term of this chunk: S_s still holds S_out (the next entry state)
+      fin_s[...] = jnp.sum(dS * _load(S_s, wgmma, interpret).astype(F32), axis=1)
+      _gpu_store([(fin_s, fin_ref.at[j, h, n])])
+      _gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
+                 (v_ref.at[h, steps, cols], v_s), (do_ref.at[h, steps, cols], do_s),
+                 (G_ref.at[h, n], G_s), (seg_ref.at[h, n], seg_s),
+                 (entry_ref.at[h, n, :, cols], S_s)]
+                + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
+      dec = _gpu_decay(G_s, seg_s, interpret)
+      dS_s[...] = dS.astype(BF16)
+      u = _load(v_s, wgmma, interpret).astype(F32)
+      if delta:
+        u = u - _mma(w_s, S_s, interpret=interpret)
+      u_s[...] = u.astype(BF16)
+      p_s[...] = (_mma(q_s, k_s, tb=True, interpret=interpret) * dec.within).astype(BF16)
+      plgpu.commit_smem()
+      exit_v = lambda x: _rows(dec.exit, x.shape) * x
+      du = _mma(p_s, do_s, exit_v(_mma(k_s, dS_s, interpret=interpret)), ta=True,
+                interpret=interpret)
+      dv_s[...] = du
+      _gpu_store([(dv_s, dv_ref.at[h, steps, cols])])
+      dp_s[...] = (_mma(do_s, u_s, tb=True, interpret=interpret) * dec.within).astype(BF16)
+      do = _load(do_s, wgmma, interpret).astype(F32)
+      doe_s[...] = (_rows(dec.entry, do.shape) * do).astype(BF16)
+      if delta:
+        du_s[...] = (-du).astype(BF16)
+      plgpu.commit_smem()
+      entry_dq = _mma(do_s, S_s, tb=True, interpret=interpret)
+      out_s[...] = _mma(dp_s, k_s, _rows(dec.entry, entry_dq.shape) * entry_dq,
+                        interpret=interpret)
+      _gpu_store([(out_s, dq_ref.at[j, h, steps])])
+      out_s[...] = _mma(dp_s, q_s, exit_v(_mma(u_s, dS_s, tb=True, interpret=interpret)),
+                        ta=True, interpret=interpret)
+      _gpu_store([(out_s, dk_ref.at[j, h, steps])])
+      dS = _mma(q_s, doe_s, dec.carry * dS, ta=True, interpret=interpret)
+      if delta:
+        out_s[...] = _mma(du_s, S_s, tb=True, interpret=interpret)
+        _gpu_store([(out_s, dw_ref.at[j, h, steps])])
+        dS = _mma(w_s, du_s, dS, ta=True, interpret=interpret)
+      return dS
+
+    f32_s[...] = lax.fori_loop(0, lay.num, chunk, dS)
+    _gpu_store([(f32_s, dh0_ref.at[h, :, cols])])
+  return kernel
+
+
+def _gpu_backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, interpret):
+  """Gradients of `_gpu_forward_call`'s o and final state (bfloat16 inputs as there, do
+  bfloat16, dfinal float32): dq, dk, dw as float32 partial sums over the NV value blocks
+  [NV, BH, Tp, Kp]; dv [BH, Tp, Vp] and dh0 [BH, Kp, Vp] float32; and the final-state term of
+  rule 21 per chunk as row sums [NV, BH, NC, Kp]."""
+  lay, delta = _GpuLayout.of(q, v, G), w is not None
+  C, K, Vb, NV = lay.size, lay.K, GPU_BLOCK_V, lay.grid[1]
+  tile = lambda *s: _tile(s, interpret)
+  scratch = ([tile(C, K)] * 2 + [tile(C, Vb)] * 2 + [tile(C, K)] * delta
+             + [plgpu.SMEM((C,), F32)] * 2 + [tile(K, Vb)] * 2 + [tile(C, C)] * 2
+             + [tile(C, Vb)] * 3
+             + [_tile((C, K), interpret, F32), _tile((C, Vb), interpret, F32),
+                _tile((K, Vb), interpret, F32), plgpu.SMEM((K,), F32),
+                plgpu.Barrier(num_barriers=8)])
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
+  part = f32(NV, lay.heads, lay.num * C, K)
+  outs = _gpu_call(
+      _gpu_backward_kernel(lay, delta, interpret), lay,
+      [part, part, f32(lay.heads, lay.num * C, lay.V)] + [part] * delta
+      + [f32(NV, lay.heads, lay.num, K), f32(lay.heads, K, lay.V)],
+      scratch, interpret,
+  )(q, k, v, *([w] if delta else []), G, seg, entries, do, dfinal)
+  dq, dk, dv, *outs = outs
+  dw = outs.pop(0) if delta else None
+  fin, dh0 = outs
+  return dq, dk, dv, dw, fin, dh0
