@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from layers.ops import common, gated_delta_rule, linear_attention
+from layers.ops import _pallas, common, gated_delta_rule, linear_attention
 from layers.ops.gated_delta_rule import pallas as gdr_pallas
 from layers.ops.linear_attention import pallas
 from tests import harness, kernels
@@ -188,10 +188,84 @@ def test_lowers_for_tpu_wide_grid(monkeypatch, op, shape, dtype):
   _assert_lowers(monkeypatch, op, *shape, dtype)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_gpu_without_kernel_raises(monkeypatch, op):
+# Mosaic GPU kernels (C = 64, bfloat16 matmul operands: checked at the bfloat16 tolerance) ---
+GPU_T = 70  # two GPU chunks, the last one partial
+
+
+def _gpu_check(op, batch=1, decay=True):
+  """The GPU kernels against the float64 oracle: nonzero initial state, packed segments with
+  leading padding, T not a multiple of the chunk; float32 inputs (rounded to bfloat16 for the
+  matmuls inside)."""
   tests, _ = OPS[op]
-  xs, h0 = tests._inputs(4)
+  xs, h0 = tests._inputs(GPU_T)
+  xs, h0 = tuple(x[:batch] for x in xs[:len(xs) - (not decay)]), h0[:batch]
+  segment_ids = harness.packed_segment_ids(batch, GPU_T).at[-1, :3].set(0)
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs, h0,
+      segment_ids, BF16_TOL, BF16_TOL, what=f"{op} GPU kernel decay={decay}")
+
+
+GPU_CHECKS = {f"{op}{' no decay' * (not decay)}": functools.partial(_gpu_check, op, 2, decay)
+              for op in OPS for decay in (True, False)}
+
+
+@pytest.mark.parametrize("op", [
+    "linear_attention", pytest.param("gated_delta_rule", marks=pytest.mark.slow)])
+def test_gpu_kernel_interpreted_matches_reference(monkeypatch, op):
+  """The Mosaic GPU kernels' own bodies (forward and backward) in Mosaic GPU's interpreter
+  (stand-ins for tiled SMEM, transposed operands and wgmma: a float32 dot of the same
+  bfloat16 operands), which is slow: one batch row, two heads, two chunks."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  _gpu_check(op)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", GPU_CHECKS)
+def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  GPU_CHECKS[check]()
+
+
+@kernels.on_platform("gpu")
+@pytest.mark.parametrize("check", GPU_CHECKS)
+def test_compiled_on_gpu_matches_reference(check):
+  GPU_CHECKS[check]()
+
+
+def _assert_lowers_for_cuda(monkeypatch, op, B, T, H, K, V, dtype):
+  monkeypatch.setitem(common.FORMS[op], "pallas", OPS[op][1])
+  s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
+  kernels.assert_lowers_for_cuda(
+      _op_fn(op), s(B, T, H, K), s(B, T, H, K), s(B, T, H, V), s(B, T, H), s(B, T, H),
+      s(B, H, K, V, d=jnp.float32), s(B, T, d=jnp.int32), kernels=2)
+
+
+# the realistic shape for both ops; RetNet's K = 256, V = 512 (keys split, values split)
+CUDA_SHAPES = [("linear_attention", EXPORT_SHAPES[0]), ("gated_delta_rule", EXPORT_SHAPES[0]),
+               ("linear_attention", EXPORT_SHAPES[1])]
+
+
+@pytest.mark.parametrize("op, shape", CUDA_SHAPES)
+def test_lowers_for_cuda(monkeypatch, op, shape):
+  """Forward and backward Mosaic GPU kernels (plgpu.kernel, wgmma; no Triton)."""
+  _assert_lowers_for_cuda(monkeypatch, op, *shape, jnp.bfloat16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
+@pytest.mark.parametrize("op", OPS)
+def test_lowers_for_cuda_wide_grid(monkeypatch, op, shape, dtype):
+  if op == "gated_delta_rule" and shape[3] > pallas.GPU_MAX_K:
+    pytest.skip("no GPU kernel of the delta rule for K > GPU_MAX_K")
+  _assert_lowers_for_cuda(monkeypatch, op, *shape, dtype)
+
+
+def test_gpu_delta_rule_with_wide_keys_raises(monkeypatch):
+  """GatedDeltaNet's K = 256 overflows the delta kernel's SMEM: a clear error on a GPU."""
+  tests, _ = OPS["gated_delta_rule"]
+  (q, k, v, beta, g), h0 = tests._inputs(4)
+  keys = lambda x, axis: jnp.concatenate([x] * 32, axis=axis)  # K = 256
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  with pytest.raises(ValueError, match=f"{op}: impl='pallas' has no GPU kernel yet"):
-    jax.eval_shape(tests._op("pallas"), xs, h0, None)
+  with pytest.raises(ValueError, match="gated_delta_rule: impl='pallas' has no GPU kernel"):
+    jax.eval_shape(tests._op("pallas"), (keys(q, 3), keys(k, 3), v, beta, g), keys(h0, 2), None)

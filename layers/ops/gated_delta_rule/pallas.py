@@ -46,10 +46,12 @@ def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.
   kernel.check_real("gated_delta_rule", q, k, v, beta, g, h0)
   q, k, v = kernel.narrow(q), kernel.narrow(k), kernel.narrow(v)
   beta, g = kernel.narrow(beta), kernel.narrow(g)
-  lay = kernel.Layout.of(q, v, chunk_size)
-  w, u = ut_transform(lay, k.astype(kernel.F32), v.astype(kernel.F32), beta.astype(kernel.F32),
-                      g.astype(kernel.F32), resets)
-  G, seg = lay.gates(g, resets)
-  o, final = kernel.chunked(lay.seq(q), lay.seq(k), lay.seq(u), lay.seq(w), G, seg,
-                            lay.state(h0), float(scale), "gated_delta_rule")
-  return lay.unseq(o, lay.V), lay.unstate(final).astype(h0.dtype)
+
+  def form(q, k, v, beta, g, h0, resets, *, interpret, gpu=False):
+    lay = kernel.Layout.of(q, v, chunk_size, gpu)
+    w, u = ut_transform(lay, k.astype(kernel.F32), v.astype(kernel.F32),
+                        beta.astype(kernel.F32), g.astype(kernel.F32), resets)
+    G, seg = lay.gates(g, resets)
+    return kernel.run(lay, q, k, u, w, G, seg, h0, float(scale), interpret)
+  return kernel.platform_form("gated_delta_rule", form, q, k, v, beta, g, h0, resets,
+                              gpu_kernel=q.shape[-1] <= kernel.GPU_MAX_K)

@@ -256,26 +256,24 @@ def _backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, scale, interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def chunked(q, k, v, w, G, seg, h0, scale, op):
-  """The chunk recurrence of the module docstring in kernel layout (`_forward_call`) for the
-  op named `op`: returns o [BH, Tp, Vp] and the final state [BH, Kp, Vp]; `w` None for linear
-  attention."""
-  return chunked_fwd(q, k, v, w, G, seg, h0, scale, op)[0]
+def chunked(q, k, v, w, G, seg, h0, scale, interpret):
+  """The chunk recurrence of the module docstring in kernel layout (`_forward_call`; TPU, or
+  its interpreter): returns o [BH, Tp, Vp] and the final state [BH, Kp, Vp]; `w` None for
+  linear attention."""
+  return chunked_fwd(q, k, v, w, G, seg, h0, scale, interpret)[0]
 
 
-def chunked_fwd(q, k, v, w, G, seg, h0, scale, op):
-  o, final, entries = _pallas.on_platform(
-      op, q, k, v, w, G, seg, h0,
-      tpu=functools.partial(_forward_call, scale=scale))
+def chunked_fwd(q, k, v, w, G, seg, h0, scale, interpret):
+  o, final, entries = _forward_call(q, k, v, w, G, seg, h0, scale=scale, interpret=interpret)
   return (o, final), (q, k, v, w, G, seg, entries)
 
 
-def chunked_bwd(scale, op, residuals, cotangents):
+def chunked_bwd(scale, interpret, residuals, cotangents):
   q, k, v, w, G, seg, entries = residuals
   do, dfinal = cotangents
-  dq, dk, dv, dw, dG, dh0 = _pallas.on_platform(
-      op, q, k, v, w, G, seg, entries, do.astype(v.dtype),
-      dfinal.astype(F32), tpu=functools.partial(_backward_call, scale=scale))
+  dq, dk, dv, dw, dG, dh0 = _backward_call(q, k, v, w, G, seg, entries, do.astype(v.dtype),
+                                           dfinal.astype(F32), scale=scale,
+                                           interpret=interpret)
   return dq, dk, dv, dw, dG, None, dh0
 
 
@@ -283,7 +281,8 @@ chunked.defvjp(chunked_fwd, chunked_bwd)
 
 
 class Layout(NamedTuple):
-  """How one call maps onto the kernel: T -> Tp = NC * C steps, K -> Kp, V -> Vp."""
+  """How one call maps onto the kernel: T -> Tp = NC * C steps, K -> Kp, V -> Vp; `gpu`: the
+  Mosaic GPU kernel's (C = GPU_CHUNK, widths padded to multiples of 64), else the TPU's."""
   batch: int
   length: int
   heads: int
@@ -291,18 +290,26 @@ class Layout(NamedTuple):
   V: int
   size: int  # C
   num: int   # NC
+  gpu: bool = False
 
   @classmethod
-  def of(cls, q, v, chunk_size):
+  def of(cls, q, v, chunk_size, gpu=False):
     batch, length, heads, K = q.shape
     rows = _pallas.sublanes(q.dtype)
-    size = min(_pallas.round_up(chunk_size, rows), _pallas.round_up(length, rows))
-    return cls(batch, length, heads, K, v.shape[-1], size, -(-length // size))
+    size = GPU_CHUNK if gpu else min(_pallas.round_up(chunk_size, rows),
+                                     _pallas.round_up(length, rows))
+    return cls(batch, length, heads, K, v.shape[-1], size, -(-length // size), gpu)
+
+  def width(self, n):
+    """A padded key/value width: `_lane_width` on TPU; on GPU a multiple of 64, of GPU_MAX_K
+    above it (whole key blocks: `_split_keys`)."""
+    if not self.gpu:
+      return _lane_width(n)
+    return _pallas.round_up(n, GPU_BLOCK_V if n <= GPU_MAX_K else GPU_MAX_K)
 
   def seq(self, x):
-    """[B, T, H, D] -> [BH, Tp, Dp] (zero padding; D lane-padded by `_lane_width`)."""
-    x = _pallas.pad_axis(_pallas.pad_axis(x, 1, self.num * self.size), 3,
-                         _lane_width(x.shape[3]))
+    """[B, T, H, D] -> [BH, Tp, Dp] (zero padding; D padded by `width`)."""
+    x = _pallas.pad_axis(_pallas.pad_axis(x, 1, self.num * self.size), 3, self.width(x.shape[3]))
     return rearrange(x, "b t h d -> (b h) t d")
 
   def unseq(self, x, width):
@@ -310,8 +317,8 @@ class Layout(NamedTuple):
 
   def state(self, h):
     """[B, H, K, V] -> [BH, Kp, Vp] float32."""
-    h = _pallas.pad_axis(_pallas.pad_axis(h.astype(F32), 2, _lane_width(self.K)), 3,
-                         _lane_width(self.V))
+    h = _pallas.pad_axis(_pallas.pad_axis(h.astype(F32), 2, self.width(self.K)), 3,
+                         self.width(self.V))
     return rearrange(h, "b h k v -> (b h) k v")
 
   def unstate(self, h):
@@ -348,22 +355,46 @@ def narrow(x):
   return x if x.dtype.itemsize <= 4 else x.astype(F32)
 
 
+def run(lay, q, k, v, w, G, seg, h0, scale, interpret):
+  """The chunk recurrence on `lay`'s kernel (TPU or Mosaic GPU; interpret: as `on_platform`
+  passes it): q, k, w [B, T, H, K]; v [B, T, H, V]; G, seg from `lay.gates`; h0 [B, H, K, V].
+  Returns o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in h0's dtype."""
+  args = [lay.seq(q), lay.seq(k), lay.seq(v), None if w is None else lay.seq(w), G, seg,
+          lay.state(h0)]
+  if not lay.gpu:
+    o, final = chunked(*args, scale, interpret)
+  elif w is None and args[0].shape[-1] > GPU_MAX_K:
+    o, final = _split_keys(*args, scale, interpret)
+  else:
+    o, final = gpu_chunked(*args, scale, interpret)
+  return lay.unseq(o, lay.V).astype(v.dtype), lay.unstate(final).astype(h0.dtype)
+
+
+def platform_form(op, form, *args, gpu_kernel=True):
+  """`form(*args, interpret=..., gpu=...)` per platform (`_pallas.on_platform`): gpu=True on
+  cuda (and under `_pallas.interpret_gpu` on cpu); no cuda branch without `gpu_kernel`."""
+  return _pallas.on_platform(op, *args, tpu=form,
+                             cuda=functools.partial(form, gpu=True) if gpu_kernel else None)
+
+
 def linear_attention(q, k, v, g, h0, resets, scale=1.0, chunk_size=CHUNK):
   """Kernel form of `reference.linear_attention` (same arguments and results):
 
     S_t = exp(g_t) S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale q_t),
 
-  in chunks of C = chunk_size steps (see the module docstring). q, k: [B, T, H, K];
-  v: [B, T, H, V]; g: [B, T, H]; h0: [B, H, K, V] real; resets: [B, T] bool. Accumulates in
-  float32. Returns o [B, T, H, V] in v's dtype (float32 for wider inputs) and S_T in h0's dtype.
+  in chunks of C = chunk_size steps (see the module docstring; C = GPU_CHUNK on GPU).
+  q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H]; h0: [B, H, K, V] real; resets: [B, T]
+  bool. Accumulates in float32 (the GPU kernel's matmuls take bfloat16 operands). Returns o
+  [B, T, H, V] in v's dtype (float32 for wider inputs) and S_T in h0's dtype.
   """
   check_real("linear_attention", q, k, v, g, h0)
   q, k, v = narrow(q), narrow(k), narrow(v)
-  lay = Layout.of(q, v, chunk_size)
-  G, seg = lay.gates(g, resets)
-  o, final = chunked(lay.seq(q), lay.seq(k), lay.seq(v), None, G, seg, lay.state(h0),
-                     float(scale), "linear_attention")
-  return lay.unseq(o, lay.V), lay.unstate(final).astype(h0.dtype)
+
+  def form(q, k, v, g, h0, resets, *, interpret, gpu=False):
+    lay = Layout.of(q, v, chunk_size, gpu)
+    G, seg = lay.gates(g, resets)
+    return run(lay, q, k, v, None, G, seg, h0, float(scale), interpret)
+  return platform_form("linear_attention", form, q, k, v, g, h0, resets)
 
 
 # Mosaic GPU (Hopper) ------------------------------------------------------------------------
@@ -428,7 +459,7 @@ def _tile(shape, interpret, dtype=BF16):
 def _mma(a, b, acc=None, *, ta=False, tb=False, interpret=None):
   """acc + op(a) @ op(b) in float32 (wgmma), op = transpose where `ta` / `tb`; a, b are
   bfloat16 SMEM refs, acc a float32 array in the WGMMA layout."""
-  shape = (a.shape[1 - ta], b.shape[tb])
+  shape = (a.shape[ta], b.shape[1 - tb])
   if interpret is not None:
     out = lax.dot_general(a[...], b[...], (((1 - ta,), (tb,)), ((), ())),
                           preferred_element_type=F32)
@@ -561,7 +592,7 @@ def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
 
 
 def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
-  C, Vb = lay.size, GPU_BLOCK_V
+  C = lay.size
   wgmma = plgpu.Layout.WGMMA
 
   def kernel(*refs):
@@ -653,3 +684,50 @@ def _gpu_backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, interpret):
   dw = outs.pop(0) if delta else None
   fin, dh0 = outs
   return dq, dk, dv, dw, fin, dh0
+
+
+def _bf16(x):
+  return None if x is None else x.astype(BF16)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def gpu_chunked(q, k, v, w, G, seg, h0, scale, interpret):
+  """`chunked` on the Mosaic GPU kernels (Kp <= GPU_MAX_K): the matmul operands q (scaled),
+  k, v, w are rounded to bfloat16; o comes back float32."""
+  return gpu_chunked_fwd(q, k, v, w, G, seg, h0, scale, interpret)[0]
+
+
+def gpu_chunked_fwd(q, k, v, w, G, seg, h0, scale, interpret):
+  o, final, entries = _gpu_forward_call(_bf16(q * scale), _bf16(k), _bf16(v), _bf16(w), G, seg,
+                                        h0, interpret=interpret)
+  return (o, final), (q, k, v, w, G, seg, entries)
+
+
+def gpu_chunked_bwd(scale, interpret, residuals, cotangents):
+  """The kernel's partial dq, dk, dw summed over value blocks; dG by rule 21 per chunk (the
+  module docstring) from them and the kernel's final-state rows."""
+  q, k, v, w, G, seg, entries = residuals
+  do, dfinal = cotangents
+  dq, dk, dv, dw, fin, dh0 = _gpu_backward_call(
+      _bf16(q * scale), _bf16(k), _bf16(v), _bf16(w), G, seg, entries, _bf16(do),
+      dfinal.astype(F32), interpret=interpret)
+  dq, dk = jnp.sum(dq, axis=0), jnp.sum(dk, axis=0)  # gradient of the scaled q
+  dG = jnp.sum(scale * q.astype(F32) * dq - k.astype(F32) * dk, axis=-1).reshape(G.shape)
+  dG = dG.at[..., -1].add(jnp.sum(fin, axis=(0, 3)))
+  return ((scale * dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          None if w is None else jnp.sum(dw, axis=0).astype(w.dtype), dG, None, dh0)
+
+
+gpu_chunked.defvjp(gpu_chunked_fwd, gpu_chunked_bwd)
+
+
+def _split_keys(q, k, v, w, G, seg, h0, scale, interpret):
+  """Linear attention with Kp > GPU_MAX_K on the GPU kernel: o and S split over key blocks
+  (o = sum_b o(q_b, k_b, v), S_b independent), each block a head of its own."""
+  blocks = q.shape[-1] // GPU_MAX_K
+  keys = lambda x: rearrange(x, "n t (b k) -> (n b) t k", b=blocks)
+  heads = lambda x: jnp.repeat(x, blocks, axis=0)
+  o, final = gpu_chunked(keys(q), keys(k), heads(v), None, heads(G), heads(seg),
+                         rearrange(h0, "n (b k) v -> (n b) k v", b=blocks), scale, interpret)
+  return (jnp.sum(rearrange(o, "(n b) t v -> n b t v", b=blocks), axis=1),
+          rearrange(final, "(n b) k v -> n (b k) v", b=blocks))
