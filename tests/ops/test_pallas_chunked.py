@@ -3,7 +3,9 @@ rule's chunks: interpret mode on CPU against the float64 lax.scan oracles (outpu
 state and every gradient, the initial state's included, from one VJP whose random cotangent
 covers o and the final state; T not a multiple of the chunk, a nonzero initial state, packed
 segments with padding), race detection of the forward and backward kernels, and lowering for
-TPU of the forward and the VJP at the shapes our layers and FLA's benchmarks use."""
+TPU of the forward and the VJP at the shapes our layers and FLA's benchmarks use; the Mosaic
+GPU kernels (bfloat16 matmul operands: the bfloat16 tolerance) in Mosaic GPU's interpreter
+against the same oracles, lowered for cuda, and compiled on a GPU (`gpu`)."""
 import functools
 
 import jax

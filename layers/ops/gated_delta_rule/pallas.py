@@ -1,4 +1,5 @@
-"""The Pallas kernel form of the chunked gated delta rule (TPU; interpret mode on CPU).
+"""The Pallas kernel form of the chunked gated delta rule (TPU and Hopper GPUs, K <= 128 there;
+interpret mode on CPU).
 
 The UT transform of each chunk does not depend on the state, so it runs in XLA for all chunks
 at once (batched matmuls; the unit-lower-triangular inverse is `xla.unit_lower_inverse`:
@@ -7,7 +8,8 @@ power series), and autodiff carries its gradient:
   T = (I + diag(beta) A)^{-1},  A_ij = within_ij (k_i . k_j) for j < i,
   W = T diag(beta entry) K,     U_0 = T diag(beta) V.
 The state recurrence then is the linear-attention kernel on the pseudo-values
-U = U_0 - W S_in (`linear_attention/pallas.py`, which holds the forward and backward kernels):
+U = U_0 - W S_in (`linear_attention/pallas.py`, which holds the forward and backward kernels
+of both platforms):
   o_i = sum_{j <= i} within_ij (scale q_i . k_j) u_j + entry_i S_in^T (scale q_i),
   S_out = carry S_in + sum_j exit_j k_j u_j^T.
 """

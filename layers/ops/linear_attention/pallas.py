@@ -1,5 +1,6 @@
-"""The Pallas kernel of chunked `linear_attention` (TPU; interpret mode on CPU), shared with
-the gated delta rule (`gated_delta_rule/pallas.py`), whose chunks it runs on pseudo-values.
+"""The Pallas kernels of chunked `linear_attention` (TPU and Hopper GPUs; interpret mode on
+CPU), shared with the gated delta rule (`gated_delta_rule/pallas.py`), whose chunks they run on
+pseudo-values.
 
 Layout: heads fold into the batch, [BH, Tp, Kp] (T padded to whole chunks of C steps, K and V
 to lane multiples where the full width would not be a legal block: `_lane_width`). The grid is
@@ -28,6 +29,23 @@ through exp(G_i) on q_i, exp(-G_j) on k_j and exp(G_last) on S_out:
   dG_i = q_i . dq_i - k_i . dk_i + [i = C - 1] <dS, S_out>
 (the last term is the final-state term of rule 21 for the last chunk); autodiff of the local
 cumsum outside turns dG into dg.
+
+GPU (Mosaic GPU, `plgpu.kernel`, Hopper; PALLAS.md rules 14-17): chunks of C = GPU_CHUNK = 64
+(the wgmma row block), K and V padded to multiples of 64. One program (a warpgroup) per head and
+GPU_BLOCK_V = 64 value columns: V is split across programs, so each holds the float32 state
+block S [Kp, 64] in registers (the WGMMA layout) and mirrors it to SMEM as bfloat16 for the
+matmuls; every matmul is a `plgpu.wgmma` of bfloat16 SMEM operands (q scaled and rounded
+outside, k, v, w; P and the pseudo-values written back as bfloat16) into a float32
+accumulator. Chunks are copied GMEM -> SMEM by TMA. The forward saves the bfloat16 entry
+states [BH, NC + 1, Kp, Vp] (the last: the final state). The backward runs the same equations
+per value block: dv, dh0 are its own, dq, dk, dw come out as float32 partial sums over the
+value blocks (summed in XLA), and the final-state term <dS, S_out> of each chunk as row sums
+(S_out: the entry state it read for the chunk after); dG is then assembled in XLA from dq, dk
+and those rows. SMEM bounds Kp at GPU_MAX_K = 128: linear attention with wider keys splits
+them into blocks run as heads of their own (`_split_keys`; o sums over the blocks, which the
+recurrence keeps independent); the delta rule couples them (U = V - W S_in) and has no GPU
+kernel above it. The CPU interpreter runs the kernel bodies with stand-ins (`_tile`, `_mma`,
+`_load`, `_iota`).
 """
 from __future__ import annotations
 
