@@ -228,6 +228,22 @@ def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
   GPU_CHECKS[check]()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_kernel_interpreted_wide_keys(monkeypatch, op):
+  """K = 136 (padded to 256): linear attention on two key blocks (`_split_keys`), the delta
+  rule on 32 value columns per program."""
+  tests, _ = OPS[op]
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  xs, h0 = tests._inputs(GPU_T)
+  keys = lambda x, axis: jnp.concatenate([x] * 17, axis=axis)[:1] / 17 ** 0.5  # K = 136
+  xs = (keys(xs[0], 3), keys(xs[1], 3), *(x[:1] for x in xs[2:]))
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs,
+      keys(h0, 2), harness.packed_segment_ids(1, GPU_T), BF16_TOL, BF16_TOL,
+      what=f"{op} GPU kernel K=136")
+
+
 @kernels.on_platform("gpu")
 @pytest.mark.parametrize("check", GPU_CHECKS)
 def test_compiled_on_gpu_matches_reference(check):
@@ -242,9 +258,9 @@ def _assert_lowers_for_cuda(monkeypatch, op, B, T, H, K, V, dtype):
       s(B, H, K, V, d=jnp.float32), s(B, T, d=jnp.int32), kernels=2)
 
 
-# the realistic shape for both ops; RetNet's K = 256, V = 512 (keys split, values split)
-CUDA_SHAPES = [("linear_attention", EXPORT_SHAPES[0]), ("gated_delta_rule", EXPORT_SHAPES[0]),
-               ("linear_attention", EXPORT_SHAPES[1])]
+# the realistic shape; our layers' defaults K = 256, V = 512 (RetNet: keys split into blocks;
+# GatedDeltaNet: 32 value columns per program)
+CUDA_SHAPES = [(op, shape) for shape in EXPORT_SHAPES for op in OPS]
 
 
 @pytest.mark.parametrize("op, shape", CUDA_SHAPES)
@@ -258,16 +274,14 @@ def test_lowers_for_cuda(monkeypatch, op, shape):
 @pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
 @pytest.mark.parametrize("op", OPS)
 def test_lowers_for_cuda_wide_grid(monkeypatch, op, shape, dtype):
-  if op == "gated_delta_rule" and shape[3] > pallas.GPU_MAX_K:
-    pytest.skip("no GPU kernel of the delta rule for K > GPU_MAX_K")
   _assert_lowers_for_cuda(monkeypatch, op, *shape, dtype)
 
 
-def test_gpu_delta_rule_with_wide_keys_raises(monkeypatch):
-  """GatedDeltaNet's K = 256 overflows the delta kernel's SMEM: a clear error on a GPU."""
+def test_gpu_delta_rule_with_wider_keys_raises(monkeypatch):
+  """K > 256 overflows the delta kernel's SMEM: a clear error on a GPU."""
   tests, _ = OPS["gated_delta_rule"]
   (q, k, v, beta, g), h0 = tests._inputs(4)
-  keys = lambda x, axis: jnp.concatenate([x] * 32, axis=axis)  # K = 256
+  keys = lambda x, axis: jnp.concatenate([x] * 40, axis=axis)  # K = 320
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   with pytest.raises(ValueError, match="gated_delta_rule: impl='pallas' has no GPU kernel"):
     jax.eval_shape(tests._op("pallas"), (keys(q, 3), keys(k, 3), v, beta, g), keys(h0, 2), None)

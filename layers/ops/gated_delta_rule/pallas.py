@@ -1,4 +1,4 @@
-"""The Pallas kernel form of the chunked gated delta rule (TPU and Hopper GPUs, K <= 128 there;
+"""The Pallas kernel form of the chunked gated delta rule (TPU and Hopper GPUs, K <= 256 there;
 interpret mode on CPU).
 
 The UT transform of each chunk does not depend on the state, so it runs in XLA for all chunks
@@ -56,4 +56,4 @@ def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.
     G, seg = lay.gates(g, resets)
     return kernel.run(lay, q, k, u, w, G, seg, h0, float(scale), interpret)
   return kernel.platform_form("gated_delta_rule", form, q, k, v, beta, g, h0, resets,
-                              gpu_kernel=q.shape[-1] <= kernel.GPU_MAX_K)
+                              gpu_kernel=q.shape[-1] <= kernel.GPU_WIDE_K)

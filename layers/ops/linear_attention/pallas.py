@@ -41,11 +41,13 @@ states [BH, NC + 1, Kp, Vp] (the last: the final state). The backward runs the s
 per value block: dv, dh0 are its own, dq, dk, dw come out as float32 partial sums over the
 value blocks (summed in XLA), and the final-state term <dS, S_out> of each chunk as row sums
 (S_out: the entry state it read for the chunk after); dG is then assembled in XLA from dq, dk
-and those rows. SMEM bounds Kp at GPU_MAX_K = 128: linear attention with wider keys splits
-them into blocks run as heads of their own (`_split_keys`; o sums over the blocks, which the
-recurrence keeps independent); the delta rule couples them (U = V - W S_in) and has no GPU
-kernel above it. The CPU interpreter runs the kernel bodies with stand-ins (`_tile`, `_mma`,
-`_load`, `_iota`).
+and those rows. SMEM (232448 bytes) bounds the keys: linear attention with Kp > GPU_MAX_K =
+128 splits them into blocks of 128 run as heads of their own (`_split_keys`; o sums over the
+blocks, which the recurrence keeps independent); the delta rule couples them (U = V - W S_in),
+so above 128 keys its programs take Vb = 32 value columns (64-byte swizzled tiles) and the
+staging tiles of each kernel share memory (`_union`), up to GPU_WIDE_K = 256 keys
+(GatedDeltaNet's K = 256, V = 512); it has no GPU kernel above that. The CPU interpreter runs
+the kernel bodies with stand-ins (`_tile`, `_union`, `_mma`, `_load`, `_iota`).
 """
 from __future__ import annotations
 
@@ -418,7 +420,8 @@ def linear_attention(q, k, v, g, h0, resets, scale=1.0, chunk_size=CHUNK):
 # Mosaic GPU (Hopper) ------------------------------------------------------------------------
 GPU_CHUNK = 64  # C on GPU: the wgmma row block
 GPU_BLOCK_V = 64  # Vb: value columns per program (V is split across programs)
-GPU_MAX_K = 128  # Kp above this overflows the backward's SMEM
+GPU_MAX_K = 128  # Kp above this: Vb = 32 (the delta rule; linear attention splits its keys)
+GPU_WIDE_K = 256  # Kp above this overflows the backward's SMEM even at Vb = 32
 BF16 = jnp.bfloat16
 
 
@@ -436,14 +439,24 @@ class _GpuLayout(NamedTuple):
     return cls(heads, G.shape[1], G.shape[2], K, V)
 
   @property
+  def block_v(self):
+    """Vb: 64 value columns per program, 32 above GPU_MAX_K keys (SMEM)."""
+    return GPU_BLOCK_V if self.K <= GPU_MAX_K else GPU_BLOCK_V // 2
+
+  @property
+  def swizzle(self):
+    """Bytes of the bfloat16 operand tiles' swizzle: a value block's row (128 or 64)."""
+    return 2 * self.block_v
+
+  @property
   def grid(self):
-    return (self.heads, self.V // GPU_BLOCK_V)
+    return (self.heads, self.V // self.block_v)
 
 
-def _gpu_program():
-  """(head, value columns) of this program."""
+def _gpu_program(lay):
+  """(head, value block, its columns) of this program."""
   j = lax.axis_index("values")
-  return lax.axis_index("heads"), j, pl.ds(j * GPU_BLOCK_V, GPU_BLOCK_V)
+  return lax.axis_index("heads"), j, pl.ds(j * lay.block_v, lay.block_v)
 
 
 def _gpu_load(pairs, barriers):
@@ -465,13 +478,21 @@ def _gpu_store(pairs):
 # Stand-ins: Mosaic GPU's interpreter lacks tiled SMEM, transpose_ref, run_state, plgpu.load
 # and layout casts, so under it (interpret is not None) these helpers use plain SMEM, value
 # loads and a float32 dot of the same bfloat16 operands.
-def _tile(shape, interpret, dtype=BF16):
-  """An SMEM buffer for wgmma operands and WGMMA-layout arrays: (8, 128 bytes)-tiled and
-  128-byte swizzled."""
+def _tile(shape, interpret, dtype=BF16, swizzle=128):
+  """An SMEM buffer for wgmma operands and WGMMA-layout arrays: (8, swizzle bytes)-tiled and
+  swizzled (the operands of one wgmma share their swizzle: `_GpuLayout.swizzle`)."""
   if interpret is not None:
     return plgpu.SMEM(shape, dtype)
-  tiling = plgpu.TilingTransform((8, 128 // jnp.dtype(dtype).itemsize))
-  return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(128)))
+  itemsize = jnp.dtype(dtype).itemsize
+  swizzle = min(swizzle, shape[-1] * itemsize)
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, swizzle // itemsize)),
+                                              plgpu.SwizzleTransform(swizzle)))
+
+
+def _union(tiles, interpret):
+  """SMEM buffers used one after another, sharing memory (`plgpu.RefUnion`; the interpreter:
+  separate buffers)."""
+  return tuple(tiles) if interpret is not None else plgpu.RefUnion(*tiles)
 
 
 def _mma(a, b, acc=None, *, ta=False, tb=False, interpret=None):
@@ -538,7 +559,7 @@ def _rows(x, shape):
 
 
 def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
-  C, Vb = lay.size, GPU_BLOCK_V
+  C, Vb = lay.size, lay.block_v
 
   def kernel(*refs):
     refs = list(refs)
@@ -547,8 +568,8 @@ def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
     G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref = refs[3 + delta:9 + delta]
     q_s, k_s, v_s, *refs = refs[9 + delta:]
     w_s = refs.pop(0) if delta else None
-    G_s, seg_s, S_s, p_s, u_s, o_s, f32_s, barriers = refs
-    h, _, cols = _gpu_program()
+    G_s, seg_s, S_s, p_s, u_s, (o_s, f32_s), barriers = refs
+    h, _, cols = _gpu_program(lay)
     _gpu_load([(h0_ref.at[h, :, cols], f32_s)], barriers)
     S = _load(f32_s, plgpu.Layout.WGMMA, interpret)
 
@@ -593,12 +614,13 @@ def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
   multiples of 64): returns o [BH, Tp, Vp] (float32), the final state [BH, Kp, Vp] float32 and
   the bfloat16 chunk-entry states [BH, NC + 1, Kp, Vp] (the last one: the final state)."""
   lay, delta = _GpuLayout.of(q, v, G), w is not None
-  C, K, Vb = lay.size, lay.K, GPU_BLOCK_V
-  scratch = [_tile((C, K), interpret)] * (2 + delta)
-  scratch.insert(2, _tile((C, Vb), interpret))
+  C, K, Vb = lay.size, lay.K, lay.block_v
+  tile = lambda *s: _tile(s, interpret, swizzle=lay.swizzle)
+  scratch = [tile(C, K)] * (2 + delta)
+  scratch.insert(2, tile(C, Vb))
   scratch += [plgpu.SMEM((C,), F32)] * 2 + [
-      _tile((K, Vb), interpret), _tile((C, C), interpret), _tile((C, Vb), interpret),
-      _tile((C, Vb), interpret, F32), _tile((K, Vb), interpret, F32),
+      tile(K, Vb), tile(C, C), tile(C, Vb),
+      _union([_tile((C, Vb), interpret, F32), _tile((K, Vb), interpret, F32)], interpret),
       plgpu.Barrier(num_barriers=6)]
   f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
   return _gpu_call(
@@ -620,9 +642,8 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
     dw_ref = refs.pop(0) if delta else None
     fin_ref, dh0_ref, q_s, k_s, v_s, do_s, *refs = refs
     w_s = refs.pop(0) if delta else None
-    (G_s, seg_s, S_s, dS_s, p_s, dp_s, u_s, du_s, doe_s, out_s, dv_s, f32_s, fin_s,
-     barriers) = refs
-    h, j, cols = _gpu_program()
+    G_s, seg_s, S_s, dS_s, p_s, u_s, du_s, doe_s, (out_s, dv_s, f32_s), fin_s, barriers = refs
+    h, j, cols = _gpu_program(lay)
     _gpu_load([(dfinal_ref.at[h, :, cols], f32_s), (entry_ref.at[h, lay.num, :, cols], S_s)],
               barriers)
     dS = _load(f32_s, wgmma, interpret)
@@ -651,17 +672,17 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
                 interpret=interpret)
       dv_s[...] = du
       _gpu_store([(dv_s, dv_ref.at[h, steps, cols])])
-      dp_s[...] = (_mma(do_s, u_s, tb=True, interpret=interpret) * dec.within).astype(BF16)
+      p_s[...] = (_mma(do_s, u_s, tb=True, interpret=interpret) * dec.within).astype(BF16)  # dP
       do = _load(do_s, wgmma, interpret).astype(F32)
       doe_s[...] = (_rows(dec.entry, do.shape) * do).astype(BF16)
       if delta:
         du_s[...] = (-du).astype(BF16)
       plgpu.commit_smem()
       entry_dq = _mma(do_s, S_s, tb=True, interpret=interpret)
-      out_s[...] = _mma(dp_s, k_s, _rows(dec.entry, entry_dq.shape) * entry_dq,
+      out_s[...] = _mma(p_s, k_s, _rows(dec.entry, entry_dq.shape) * entry_dq,
                         interpret=interpret)
       _gpu_store([(out_s, dq_ref.at[j, h, steps])])
-      out_s[...] = _mma(dp_s, q_s, exit_v(_mma(u_s, dS_s, tb=True, interpret=interpret)),
+      out_s[...] = _mma(p_s, q_s, exit_v(_mma(u_s, dS_s, tb=True, interpret=interpret)),
                         ta=True, interpret=interpret)
       _gpu_store([(out_s, dk_ref.at[j, h, steps])])
       dS = _mma(q_s, doe_s, dec.carry * dS, ta=True, interpret=interpret)
@@ -682,13 +703,13 @@ def _gpu_backward_call(q, k, v, w, G, seg, entries, do, dfinal, *, interpret):
   [NV, BH, Tp, Kp]; dv [BH, Tp, Vp] and dh0 [BH, Kp, Vp] float32; and the final-state term of
   rule 21 per chunk as row sums [NV, BH, NC, Kp]."""
   lay, delta = _GpuLayout.of(q, v, G), w is not None
-  C, K, Vb, NV = lay.size, lay.K, GPU_BLOCK_V, lay.grid[1]
-  tile = lambda *s: _tile(s, interpret)
+  C, K, Vb, NV = lay.size, lay.K, lay.block_v, lay.grid[1]
+  tile = lambda *s: _tile(s, interpret, swizzle=lay.swizzle)
   scratch = ([tile(C, K)] * 2 + [tile(C, Vb)] * 2 + [tile(C, K)] * delta
-             + [plgpu.SMEM((C,), F32)] * 2 + [tile(K, Vb)] * 2 + [tile(C, C)] * 2
+             + [plgpu.SMEM((C,), F32)] * 2 + [tile(K, Vb)] * 2 + [tile(C, C)]
              + [tile(C, Vb)] * 3
-             + [_tile((C, K), interpret, F32), _tile((C, Vb), interpret, F32),
-                _tile((K, Vb), interpret, F32), plgpu.SMEM((K,), F32),
+             + [_union([_tile((C, K), interpret, F32), _tile((C, Vb), interpret, F32),
+                        _tile((K, Vb), interpret, F32)], interpret), plgpu.SMEM((K,), F32),
                 plgpu.Barrier(num_barriers=8)])
   f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
   part = f32(NV, lay.heads, lay.num * C, K)
@@ -710,7 +731,7 @@ def _bf16(x):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def gpu_chunked(q, k, v, w, G, seg, h0, scale, interpret):
-  """`chunked` on the Mosaic GPU kernels (Kp <= GPU_MAX_K): the matmul operands q (scaled),
+  """`chunked` on the Mosaic GPU kernels (Kp <= GPU_WIDE_K): the matmul operands q (scaled),
   k, v, w are rounded to bfloat16; o comes back float32."""
   return gpu_chunked_fwd(q, k, v, w, G, seg, h0, scale, interpret)[0]
 
