@@ -459,22 +459,6 @@ def _gpu_program(lay):
   return lax.axis_index("heads"), j, pl.ds(j * lay.block_v, lay.block_v)
 
 
-def _gpu_load(pairs, barriers):
-  """Copies each (GMEM slice, SMEM ref) pair with its own barrier and waits for all."""
-  for i, (src, dst) in enumerate(pairs):
-    plgpu.copy_gmem_to_smem(src, dst, barriers.at[i])
-  for i in range(len(pairs)):
-    plgpu.barrier_wait(barriers.at[i])
-
-
-def _gpu_store(pairs):
-  """Copies each (SMEM ref, GMEM slice) pair out and waits until the SMEM may be rewritten."""
-  plgpu.commit_smem()
-  for src, dst in pairs:
-    plgpu.copy_smem_to_gmem(src, dst)
-  plgpu.wait_smem_to_gmem(0)
-
-
 # Stand-ins: Mosaic GPU's interpreter lacks tiled SMEM, transpose_ref, run_state, plgpu.load
 # and layout casts, so under it (interpret is not None) these helpers use plain SMEM, value
 # loads and a float32 dot of the same bfloat16 operands.
@@ -570,17 +554,17 @@ def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
     w_s = refs.pop(0) if delta else None
     G_s, seg_s, S_s, p_s, u_s, (o_s, f32_s), barriers = refs
     h, _, cols = _gpu_program(lay)
-    _gpu_load([(h0_ref.at[h, :, cols], f32_s)], barriers)
+    _pallas.gpu_load([(h0_ref.at[h, :, cols], f32_s)], barriers)
     S = _load(f32_s, plgpu.Layout.WGMMA, interpret)
 
     def chunk(n, S):
       steps = pl.ds(n * C, C)
-      _gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
-                 (v_ref.at[h, steps, cols], v_s), (G_ref.at[h, n], G_s),
-                 (seg_ref.at[h, n], seg_s)]
-                + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
+      _pallas.gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
+                        (v_ref.at[h, steps, cols], v_s), (G_ref.at[h, n], G_s),
+                        (seg_ref.at[h, n], seg_s)]
+                       + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
       S_s[...] = S.astype(BF16)
-      _gpu_store([(S_s, entry_ref.at[h, n, :, cols])])
+      _pallas.gpu_store([(S_s, entry_ref.at[h, n, :, cols])])
       dec = _gpu_decay(G_s, seg_s, interpret)
       u = _load(v_s, plgpu.Layout.WGMMA, interpret).astype(F32)
       if delta:  # pseudo-values U = V - W S_in
@@ -591,7 +575,7 @@ def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
       o = _rows(dec.entry, (C, Vb)) * _mma(q_s, S_s, interpret=interpret)
       o = _mma(p_s, u_s, o, interpret=interpret)
       o_s[...] = o.astype(o_s.dtype)
-      _gpu_store([(o_s, o_ref.at[h, steps, cols])])
+      _pallas.gpu_store([(o_s, o_ref.at[h, steps, cols])])
       u_s[...] = (_rows(dec.exit, (C, Vb)) * u).astype(BF16)
       plgpu.commit_smem()
       return _mma(k_s, u_s, dec.carry * S, ta=True, interpret=interpret)
@@ -599,7 +583,8 @@ def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
     S = lax.fori_loop(0, lay.num, chunk, S)
     f32_s[...] = S
     S_s[...] = S.astype(BF16)
-    _gpu_store([(f32_s, final_ref.at[h, :, cols]), (S_s, entry_ref.at[h, lay.num, :, cols])])
+    _pallas.gpu_store([(f32_s, final_ref.at[h, :, cols]),
+                       (S_s, entry_ref.at[h, lay.num, :, cols])])
   return kernel
 
 
@@ -644,8 +629,8 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
     w_s = refs.pop(0) if delta else None
     G_s, seg_s, S_s, dS_s, p_s, u_s, du_s, doe_s, (out_s, dv_s, f32_s), fin_s, barriers = refs
     h, j, cols = _gpu_program(lay)
-    _gpu_load([(dfinal_ref.at[h, :, cols], f32_s), (entry_ref.at[h, lay.num, :, cols], S_s)],
-              barriers)
+    _pallas.gpu_load([(dfinal_ref.at[h, :, cols], f32_s),
+                      (entry_ref.at[h, lay.num, :, cols], S_s)], barriers)
     dS = _load(f32_s, wgmma, interpret)
 
     def chunk(i, dS):
@@ -653,12 +638,12 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
       steps = pl.ds(n * C, C)
       # rule 21's final-state term of this chunk: S_s still holds S_out (the next entry state)
       fin_s[...] = jnp.sum(dS * _load(S_s, wgmma, interpret).astype(F32), axis=1)
-      _gpu_store([(fin_s, fin_ref.at[j, h, n])])
-      _gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
-                 (v_ref.at[h, steps, cols], v_s), (do_ref.at[h, steps, cols], do_s),
-                 (G_ref.at[h, n], G_s), (seg_ref.at[h, n], seg_s),
-                 (entry_ref.at[h, n, :, cols], S_s)]
-                + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
+      _pallas.gpu_store([(fin_s, fin_ref.at[j, h, n])])
+      _pallas.gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
+                        (v_ref.at[h, steps, cols], v_s), (do_ref.at[h, steps, cols], do_s),
+                        (G_ref.at[h, n], G_s), (seg_ref.at[h, n], seg_s),
+                        (entry_ref.at[h, n, :, cols], S_s)]
+                       + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
       dec = _gpu_decay(G_s, seg_s, interpret)
       dS_s[...] = dS.astype(BF16)
       u = _load(v_s, wgmma, interpret).astype(F32)
@@ -671,8 +656,9 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
       du = _mma(p_s, do_s, exit_v(_mma(k_s, dS_s, interpret=interpret)), ta=True,
                 interpret=interpret)
       dv_s[...] = du
-      _gpu_store([(dv_s, dv_ref.at[h, steps, cols])])
-      p_s[...] = (_mma(do_s, u_s, tb=True, interpret=interpret) * dec.within).astype(BF16)  # dP
+      _pallas.gpu_store([(dv_s, dv_ref.at[h, steps, cols])])
+      # dP, into P's buffer (P is spent)
+      p_s[...] = (_mma(do_s, u_s, tb=True, interpret=interpret) * dec.within).astype(BF16)
       do = _load(do_s, wgmma, interpret).astype(F32)
       doe_s[...] = (_rows(dec.entry, do.shape) * do).astype(BF16)
       if delta:
@@ -681,19 +667,19 @@ def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
       entry_dq = _mma(do_s, S_s, tb=True, interpret=interpret)
       out_s[...] = _mma(p_s, k_s, _rows(dec.entry, entry_dq.shape) * entry_dq,
                         interpret=interpret)
-      _gpu_store([(out_s, dq_ref.at[j, h, steps])])
+      _pallas.gpu_store([(out_s, dq_ref.at[j, h, steps])])
       out_s[...] = _mma(p_s, q_s, exit_v(_mma(u_s, dS_s, tb=True, interpret=interpret)),
                         ta=True, interpret=interpret)
-      _gpu_store([(out_s, dk_ref.at[j, h, steps])])
+      _pallas.gpu_store([(out_s, dk_ref.at[j, h, steps])])
       dS = _mma(q_s, doe_s, dec.carry * dS, ta=True, interpret=interpret)
       if delta:
         out_s[...] = _mma(du_s, S_s, tb=True, interpret=interpret)
-        _gpu_store([(out_s, dw_ref.at[j, h, steps])])
+        _pallas.gpu_store([(out_s, dw_ref.at[j, h, steps])])
         dS = _mma(w_s, du_s, dS, ta=True, interpret=interpret)
       return dS
 
     f32_s[...] = lax.fori_loop(0, lay.num, chunk, dS)
-    _gpu_store([(f32_s, dh0_ref.at[h, :, cols])])
+    _pallas.gpu_store([(f32_s, dh0_ref.at[h, :, cols])])
   return kernel
 
 
