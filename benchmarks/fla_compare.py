@@ -1,9 +1,9 @@
 """Our chunked matrix-state kernels against flash-linear-attention (FLA, PyTorch + Triton) on a
 GPU, on FLA's benchmark grid (B, T, H, D = K = V), bfloat16:
 
-  linear_attention  pallas | chunk (XLA)  vs FLA chunk_simple_gla (per-step log decay g) and
-                                             chunk_retention (fixed per-head decay: RetNet)
-  gated_delta_rule  pallas | chunk (XLA)  vs FLA chunk_gated_delta_rule
+  linear_attention  pallas (Vb = 64, 32), chunk (XLA)  vs  FLA chunk_simple_gla (per-step log
+                    decay g) and chunk_retention (fixed per-head decay: RetNet)
+  gated_delta_rule  pallas (Vb = 64, 32), chunk (XLA)  vs  FLA chunk_gated_delta_rule
 
 forward and forward+backward (gradients of every input), the median of REPEATS timed runs after
 WARMUP runs (FLA's Triton autotuning happens in the warm-up), with the achieved matmul FLOP/s
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.kernels import FLA_GRID, _matrix_cases
+from layers.ops.linear_attention import pallas as kernel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WHEELS = ROOT / "benchmarks" / "wheels"
@@ -66,18 +67,23 @@ def flops(op, B, T, H, D) -> float:
 
 
 def _jax_rows(op, fn, inputs):
+  """The kernel at each value block width (Vb = 64, the default, and 32: twice the programs)
+  and the XLA chunk form."""
   rows = []
-  for form in ("pallas", "chunk"):
+  for form, block_v in (("pallas", 64), ("pallas", 32), ("chunk", None)):
     fwd = jax.jit(lambda *x, form=form: fn(form, *x))
     loss = lambda *x, form=form: sum(jnp.sum(y.astype(jnp.float32)) for y in fn(form, *x))
     grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(inputs)))))
-    row = {"op": op, "impl": form}
-    for what, f in (("fwd", fwd), ("fwd_bwd", grad)):
-      try:
+    row = {"op": op, "impl": form + (f" Vb={block_v}" if block_v else "")}
+    default, kernel.GPU_BLOCK_V = kernel.GPU_BLOCK_V, block_v or kernel.GPU_BLOCK_V
+    try:
+      for what, f in (("fwd", fwd), ("fwd_bwd", grad)):
         row[f"{what}_ms"] = 1e3 * _median_seconds(lambda f=f: f(*inputs),
                                                   lambda f=f: jax.block_until_ready(f(*inputs)))
-      except Exception as e:  # noqa: BLE001 - a failing form is a row, not the end of the run
-        row[f"{what}_ms"], row["error"] = None, f"{type(e).__name__}: {str(e)[:200]}"
+    except Exception as e:  # noqa: BLE001 - a failing form is a row, not the end of the run
+      row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    finally:
+      kernel.GPU_BLOCK_V = default  # traced at the first call: restored after it
     rows.append(row)
   return rows
 

@@ -244,6 +244,23 @@ def test_gpu_kernel_interpreted_wide_keys(monkeypatch, op):
       what=f"{op} GPU kernel K=136")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_kernel_interpreted_narrow_value_blocks(monkeypatch, op):
+  """Vb = 32 value columns per program (what `benchmarks.fla_compare` also times): V = 6
+  padded to 32, two value blocks when V = 40."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  monkeypatch.setattr(pallas, "GPU_BLOCK_V", 32)
+  tests, _ = OPS[op]
+  xs, h0 = tests._inputs(GPU_T)
+  values = lambda x: jnp.concatenate([x] * 7, axis=-1)[..., :40][:1]  # V = 40
+  xs = (*(x[:1] for x in xs[:2]), values(xs[2]), *(x[:1] for x in xs[3:]))
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs,
+      values(h0), harness.packed_segment_ids(1, GPU_T), BF16_TOL, BF16_TOL,
+      what=f"{op} GPU kernel Vb=32")
+
+
 @kernels.on_platform("gpu")
 @pytest.mark.parametrize("check", GPU_CHECKS)
 def test_compiled_on_gpu_matches_reference(check):
