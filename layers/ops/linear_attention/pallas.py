@@ -543,14 +543,14 @@ def _rows(x, shape):
 
 
 def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
+  """The Mosaic GPU forward body of one (head, value block) program: the chunks in order,
+  the state block in registers (see the module docstring)."""
   C, Vb = lay.size, lay.block_v
 
   def kernel(*refs):
-    refs = list(refs)
-    q_ref, k_ref, v_ref = refs[:3]
-    w_ref = refs[3] if delta else None
-    G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref = refs[3 + delta:9 + delta]
-    q_s, k_s, v_s, *refs = refs[9 + delta:]
+    q_ref, k_ref, v_ref, *refs = refs
+    w_ref = refs.pop(0) if delta else None
+    G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref, q_s, k_s, v_s, *refs = refs
     w_s = refs.pop(0) if delta else None
     G_s, seg_s, S_s, p_s, u_s, (o_s, f32_s), barriers = refs
     h, _, cols = _gpu_program(lay)
@@ -617,6 +617,8 @@ def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
 
 
 def _gpu_backward_kernel(lay: _GpuLayout, delta: bool, interpret):
+  """The Mosaic GPU backward body of one (head, value block) program: the chunks in reverse,
+  dS in registers (see the module docstring)."""
   C = lay.size
   wgmma = plgpu.Layout.WGMMA
 
