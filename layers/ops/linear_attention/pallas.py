@@ -46,8 +46,9 @@ and those rows. SMEM (232448 bytes) bounds the keys: linear attention with Kp > 
 blocks, which the recurrence keeps independent); the delta rule couples them (U = V - W S_in),
 so above 128 keys its programs take Vb = 32 value columns (64-byte swizzled tiles) and the
 staging tiles of each kernel share memory (`_union`), up to GPU_WIDE_K = 256 keys
-(GatedDeltaNet's K = 256, V = 512); it has no GPU kernel above that. The CPU interpreter runs
-the kernel bodies with stand-ins (`_tile`, `_union`, `_mma`, `_load`, `_iota`).
+(GatedDeltaNet's K = 256, V = 512); it has no (GatedDeltaNet's K = 256, V = 512); it has no GPU kernel above that. Where SMEM allows (K <=
+128), the forward double-buffers its inputs: chunk n + 1's TMA copies run while chunk n
+computes (the backward has no room for a second set). The CPU interpreter runs with stand-ins (`_tile`, `_union`, `_mma`, `_load`, `_iota`).
 """
 from __future__ import annotations
 
@@ -422,6 +423,7 @@ GPU_CHUNK = 64  # C on GPU: the wgmma row block
 GPU_BLOCK_V = 64  # Vb: value columns per program (V is split across programs)
 GPU_MAX_K = 128  # Kp above this: Vb = 32 (the delta rule; linear attention splits its keys)
 GPU_WIDE_K = 256  # Kp above this overflows the backward's SMEM even at Vb = 32
+SMEM_BYTES = 228 * 1024  # of Hopper's 232448 bytes per program, a margin for barriers
 BF16 = jnp.bfloat16
 
 
@@ -542,27 +544,42 @@ def _rows(x, shape):
   return lax.broadcast_in_dim(x, shape, [0])
 
 
-def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, interpret):
+def _gpu_forward_kernel(lay: _GpuLayout, delta: bool, slots: int, interpret):
   """The Mosaic GPU forward body of one (head, value block) program: the chunks in order,
-  the state block in registers (see the module docstring)."""
-  C, Vb = lay.size, lay.block_v
+  the state block in registers (see the module docstring). With two input `slots`, chunk
+  n + 1 is copied in while chunk n computes."""
+  C, Vb, m = lay.size, lay.block_v, 5 + delta
 
   def kernel(*refs):
     q_ref, k_ref, v_ref, *refs = refs
     w_ref = refs.pop(0) if delta else None
-    G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref, q_s, k_s, v_s, *refs = refs
-    w_s = refs.pop(0) if delta else None
-    G_s, seg_s, S_s, p_s, u_s, (o_s, f32_s), barriers = refs
+    G_ref, seg_ref, h0_ref, o_ref, final_ref, entry_ref, *refs = refs
+    inputs, refs = refs[:m], refs[m:]  # [slots, ...]: q, k, v, G, seg (, w)
+    S_s, p_s, u_s, (o_s, f32_s), barriers = refs
     h, _, cols = _gpu_program(lay)
     _pallas.gpu_load([(h0_ref.at[h, :, cols], f32_s)], barriers)
     S = _load(f32_s, plgpu.Layout.WGMMA, interpret)
 
-    def chunk(n, S):
+    def fetch(n, slot):
       steps = pl.ds(n * C, C)
-      _pallas.gpu_load([(q_ref.at[h, steps], q_s), (k_ref.at[h, steps], k_s),
-                        (v_ref.at[h, steps, cols], v_s), (G_ref.at[h, n], G_s),
-                        (seg_ref.at[h, n], seg_s)]
-                       + ([(w_ref.at[h, steps], w_s)] if delta else []), barriers)
+      sources = [q_ref.at[h, steps], k_ref.at[h, steps], v_ref.at[h, steps, cols],
+                 G_ref.at[h, n], seg_ref.at[h, n]] + ([w_ref.at[h, steps]] if delta else [])
+      for i, (src, dst) in enumerate(zip(sources, inputs)):
+        plgpu.copy_gmem_to_smem(src, dst.at[slot], barriers.at[slot * m + i])
+
+    if slots > 1:
+      fetch(0, 0)
+
+    def chunk(n, S):
+      steps, slot = pl.ds(n * C, C), lax.rem(n, slots)
+      if slots > 1:
+        pl.when(n + 1 < lay.num)(lambda: fetch(n + 1, 1 - slot))
+      else:
+        fetch(n, slot)
+      for i in range(m):
+        plgpu.barrier_wait(barriers.at[slot * m + i])
+      q_s, k_s, v_s, G_s, seg_s = (x.at[slot] for x in inputs[:5])
+      w_s = inputs[5].at[slot] if delta else None
       S_s[...] = S.astype(BF16)
       _pallas.gpu_store([(S_s, entry_ref.at[h, n, :, cols])])
       dec = _gpu_decay(G_s, seg_s, interpret)
@@ -601,15 +618,18 @@ def _gpu_forward_call(q, k, v, w, G, seg, h0, *, interpret):
   lay, delta = _GpuLayout.of(q, v, G), w is not None
   C, K, Vb = lay.size, lay.K, lay.block_v
   tile = lambda *s: _tile(s, interpret, swizzle=lay.swizzle)
-  scratch = [tile(C, K)] * (2 + delta)
-  scratch.insert(2, tile(C, Vb))
-  scratch += [plgpu.SMEM((C,), F32)] * 2 + [
+  resident = 2 * K * Vb + 2 * C * C + 2 * C * Vb + 4 * max(C, K) * Vb  # bytes besides inputs
+  per_slot = 2 * C * K * (2 + delta) + 2 * C * Vb + 8 * C
+  slots = 2 if resident + 2 * per_slot <= SMEM_BYTES else 1
+  inputs = ([tile(slots, C, K)] * 2 + [tile(slots, C, Vb)] + [plgpu.SMEM((slots, C), F32)] * 2
+            + [tile(slots, C, K)] * delta)
+  scratch = inputs + [
       tile(K, Vb), tile(C, C), tile(C, Vb),
       _union([_tile((C, Vb), interpret, F32), _tile((K, Vb), interpret, F32)], interpret),
-      plgpu.Barrier(num_barriers=6)]
+      plgpu.Barrier(num_barriers=slots * len(inputs))]
   f32 = lambda *s: jax.ShapeDtypeStruct(s, F32)
   return _gpu_call(
-      _gpu_forward_kernel(lay, delta, interpret), lay,
+      _gpu_forward_kernel(lay, delta, slots, interpret), lay,
       [f32(lay.heads, lay.num * C, lay.V), f32(lay.heads, K, lay.V),
        jax.ShapeDtypeStruct((lay.heads, lay.num + 1, K, lay.V), BF16)],
       scratch, interpret,
