@@ -46,9 +46,10 @@ and those rows. SMEM (232448 bytes) bounds the keys: linear attention with Kp > 
 blocks, which the recurrence keeps independent); the delta rule couples them (U = V - W S_in),
 so above 128 keys its programs take Vb = 32 value columns (64-byte swizzled tiles) and the
 staging tiles of each kernel share memory (`_union`), up to GPU_WIDE_K = 256 keys
-(GatedDeltaNet's K = 256, V = 512); it has no (GatedDeltaNet's K = 256, V = 512); it has no GPU kernel above that. Where SMEM allows (K <=
+(GatedDeltaNet's K = 256, V = 512); it has no GPU kernel above that. Where SMEM allows (K <=
 128), the forward double-buffers its inputs: chunk n + 1's TMA copies run while chunk n
-computes (the backward has no room for a second set). The CPU interpreter runs with stand-ins (`_tile`, `_union`, `_mma`, `_load`, `_iota`).
+computes (the backward has no room for a second set). The CPU interpreter runs the kernel
+bodies with stand-ins (`_tile`, `_union`, `_mma`, `_load`, `_iota`).
 """
 from __future__ import annotations
 
