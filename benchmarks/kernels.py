@@ -8,8 +8,8 @@ chunk form (their reference's backward would keep T states [B, H, K, V]: 50 GB a
 
   python -m benchmarks [--full] --only kernels
 
-Runs on whatever backend is present. On a TPU or a Hopper GPU the kernels compile (on a GPU
-the matrix-state ops have no kernel yet: their XLA form only); on a CPU they run in interpret
+Runs on whatever backend is present. On a TPU or a Hopper GPU the kernels compile; on a CPU
+they run in interpret
 mode (slow, and no measure of the kernels: a smoke test of the script) at a small shape.
 `benchmarks/gpu_kernels.py` is the GPU check: the gpu-marked tests, then this on the scans. Bandwidth counts the compulsory HBM traffic only: every input read once and every
 output written once (forward: inputs + outputs; forward+backward: inputs + output cotangents +
@@ -77,11 +77,9 @@ def _bytes(*trees) -> int:
 
 
 def _forms(op, matrix=False):
-  """reference (scans only), the XLA form "auto" picks on accelerators, and the kernel (none
-  for the matrix-state ops on a GPU)."""
-  kernel = not (matrix and jax.default_backend() == "gpu")
+  """reference (scans only), the XLA form "auto" picks on accelerators, and the kernel."""
   return dict.fromkeys(("reference",) * (not matrix)
-                       + (ops_common.AUTO_FORMS[op]["accelerator"],) + ("pallas",) * kernel)
+                       + (ops_common.AUTO_FORMS[op]["accelerator"],) + ("pallas",))
 
 
 def run(full: bool = False, ops=None, shapes=None) -> common.Result:

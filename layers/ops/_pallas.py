@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 # (platform, device kind, jax version) where a platform's hardware-marked tests passed, e.g.
@@ -75,6 +76,24 @@ def check_hopper(op: str) -> None:
     raise ValueError(f"{op}: impl='pallas' has Mosaic GPU kernels for Hopper (sm_90: H100, "
                      f"H200) only; this is {device.device_kind} (compute capability "
                      f"{capability or 'unknown'}); use impl='auto' (the XLA forms)")
+
+
+def gpu_load(pairs, barriers):
+  """Mosaic GPU: copies each (GMEM slice, SMEM ref) pair by TMA with its own barrier and waits
+  for all."""
+  for i, (src, dst) in enumerate(pairs):
+    plgpu.copy_gmem_to_smem(src, dst, barriers.at[i])
+  for i in range(len(pairs)):
+    plgpu.barrier_wait(barriers.at[i])
+
+
+def gpu_store(pairs):
+  """Mosaic GPU: copies each (SMEM ref, GMEM slice) pair out and waits until the SMEM may be
+  rewritten."""
+  plgpu.commit_smem()
+  for src, dst in pairs:
+    plgpu.copy_smem_to_gmem(src, dst)
+  plgpu.wait_smem_to_gmem(0)
 
 
 @contextlib.contextmanager

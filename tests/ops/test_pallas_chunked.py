@@ -3,14 +3,16 @@ rule's chunks: interpret mode on CPU against the float64 lax.scan oracles (outpu
 state and every gradient, the initial state's included, from one VJP whose random cotangent
 covers o and the final state; T not a multiple of the chunk, a nonzero initial state, packed
 segments with padding), race detection of the forward and backward kernels, and lowering for
-TPU of the forward and the VJP at the shapes our layers and FLA's benchmarks use."""
+TPU of the forward and the VJP at the shapes our layers and FLA's benchmarks use; the Mosaic
+GPU kernels (bfloat16 matmul operands: the bfloat16 tolerance) in Mosaic GPU's interpreter
+against the same oracles, lowered for cuda, and compiled on a GPU (`gpu`)."""
 import functools
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from layers.ops import common, gated_delta_rule, linear_attention
+from layers.ops import _pallas, common, gated_delta_rule, linear_attention
 from layers.ops.gated_delta_rule import pallas as gdr_pallas
 from layers.ops.linear_attention import pallas
 from tests import harness, kernels
@@ -188,10 +190,115 @@ def test_lowers_for_tpu_wide_grid(monkeypatch, op, shape, dtype):
   _assert_lowers(monkeypatch, op, *shape, dtype)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_gpu_without_kernel_raises(monkeypatch, op):
+# Mosaic GPU kernels (C = 64, bfloat16 matmul operands: checked at the bfloat16 tolerance) ---
+GPU_T = 70  # two GPU chunks, the last one partial
+
+
+def _gpu_check(op, batch=1, decay=True):
+  """The GPU kernels against the float64 oracle: nonzero initial state, packed segments with
+  leading padding, T not a multiple of the chunk; float32 inputs (rounded to bfloat16 for the
+  matmuls inside)."""
   tests, _ = OPS[op]
-  xs, h0 = tests._inputs(4)
+  xs, h0 = tests._inputs(GPU_T)
+  xs, h0 = tuple(x[:batch] for x in xs[:len(xs) - (not decay)]), h0[:batch]
+  segment_ids = harness.packed_segment_ids(batch, GPU_T).at[-1, :3].set(0)
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs, h0,
+      segment_ids, BF16_TOL, BF16_TOL, what=f"{op} GPU kernel decay={decay}")
+
+
+GPU_CHECKS = {f"{op}{' no decay' * (not decay)}": functools.partial(_gpu_check, op, 2, decay)
+              for op in OPS for decay in (True, False)}
+
+
+@pytest.mark.parametrize("op", [
+    "linear_attention", pytest.param("gated_delta_rule", marks=pytest.mark.slow)])
+def test_gpu_kernel_interpreted_matches_reference(monkeypatch, op):
+  """The Mosaic GPU kernels' own bodies (forward and backward) in Mosaic GPU's interpreter
+  (stand-ins for tiled SMEM, transposed operands and wgmma: a float32 dot of the same
+  bfloat16 operands), which is slow: one batch row, two heads, two chunks."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  _gpu_check(op)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", GPU_CHECKS)
+def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  GPU_CHECKS[check]()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_kernel_interpreted_wide_keys(monkeypatch, op):
+  """K = 136 (padded to 256): linear attention on two key blocks (`_split_keys`), the delta
+  rule on 32 value columns per program."""
+  tests, _ = OPS[op]
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  xs, h0 = tests._inputs(GPU_T)
+  keys = lambda x, axis: jnp.concatenate([x] * 17, axis=axis)[:1] / 17 ** 0.5  # K = 136
+  xs = (keys(xs[0], 3), keys(xs[1], 3), *(x[:1] for x in xs[2:]))
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs,
+      keys(h0, 2), harness.packed_segment_ids(1, GPU_T), BF16_TOL, BF16_TOL,
+      what=f"{op} GPU kernel K=136")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_kernel_interpreted_narrow_value_blocks(monkeypatch, op):
+  """Vb = 32 value columns per program (what `benchmarks.fla_compare` also times): V = 6
+  padded to 32, two value blocks when V = 40."""
+  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
+  monkeypatch.setattr(pallas, "GPU_BLOCK_V", 32)
+  tests, _ = OPS[op]
+  xs, h0 = tests._inputs(GPU_T)
+  values = lambda x: jnp.concatenate([x] * 7, axis=-1)[..., :40][:1]  # V = 40
+  xs = (*(x[:1] for x in xs[:2]), values(xs[2]), *(x[:1] for x in xs[3:]))
+  harness.assert_form_matches_reference(
+      kernels.cast_inputs(tests._op("pallas"), jnp.float32), tests._op("reference"), xs,
+      values(h0), harness.packed_segment_ids(1, GPU_T), BF16_TOL, BF16_TOL,
+      what=f"{op} GPU kernel Vb=32")
+
+
+@kernels.on_platform("gpu")
+@pytest.mark.parametrize("check", GPU_CHECKS)
+def test_compiled_on_gpu_matches_reference(check):
+  GPU_CHECKS[check]()
+
+
+def _assert_lowers_for_cuda(monkeypatch, op, B, T, H, K, V, dtype):
+  monkeypatch.setitem(common.FORMS[op], "pallas", OPS[op][1])
+  s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
+  kernels.assert_lowers_for_cuda(
+      _op_fn(op), s(B, T, H, K), s(B, T, H, K), s(B, T, H, V), s(B, T, H), s(B, T, H),
+      s(B, H, K, V, d=jnp.float32), s(B, T, d=jnp.int32), kernels=2)
+
+
+# the realistic shape; our layers' defaults K = 256, V = 512 (RetNet: keys split into blocks;
+# GatedDeltaNet: 32 value columns per program)
+CUDA_SHAPES = [(op, shape) for shape in EXPORT_SHAPES for op in OPS]
+
+
+@pytest.mark.parametrize("op, shape", CUDA_SHAPES)
+def test_lowers_for_cuda(monkeypatch, op, shape):
+  """Forward and backward Mosaic GPU kernels (plgpu.kernel, wgmma; no Triton)."""
+  _assert_lowers_for_cuda(monkeypatch, op, *shape, jnp.bfloat16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
+@pytest.mark.parametrize("op", OPS)
+def test_lowers_for_cuda_wide_grid(monkeypatch, op, shape, dtype):
+  _assert_lowers_for_cuda(monkeypatch, op, *shape, dtype)
+
+
+def test_gpu_delta_rule_with_wider_keys_raises(monkeypatch):
+  """K > 256 overflows the delta kernel's SMEM: a clear error on a GPU."""
+  tests, _ = OPS["gated_delta_rule"]
+  (q, k, v, beta, g), h0 = tests._inputs(4)
+  keys = lambda x, axis: jnp.concatenate([x] * 40, axis=axis)  # K = 320
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  with pytest.raises(ValueError, match=f"{op}: impl='pallas' has no GPU kernel yet"):
-    jax.eval_shape(tests._op("pallas"), xs, h0, None)
+  with pytest.raises(ValueError, match="gated_delta_rule: impl='pallas' has no GPU kernel"):
+    jax.eval_shape(tests._op("pallas"), (keys(q, 3), keys(k, 3), v, beta, g), keys(h0, 2), None)

@@ -32,7 +32,8 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "chunk" (WY/UT transform within chunks, state
       passed between them) | "pallas" (the UT transform in XLA, the state recurrence in the
-      chunked TPU kernel, chunks of 64, real inputs only; interpret mode on CPU) | "auto"
+      chunked TPU or Hopper GPU kernel, chunks of 64, real inputs only, K <= 256 on GPU,
+      bfloat16 matmul operands there; interpret mode on CPU) | "auto"
       (common.AUTO_FORMS; the kernel where `_pallas.VERIFIED` lists the device).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).

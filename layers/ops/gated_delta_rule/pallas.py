@@ -1,4 +1,5 @@
-"""The Pallas kernel form of the chunked gated delta rule (TPU; interpret mode on CPU).
+"""The Pallas kernel form of the chunked gated delta rule (TPU and Hopper GPUs, K <= 256 there;
+interpret mode on CPU).
 
 The UT transform of each chunk does not depend on the state, so it runs in XLA for all chunks
 at once (batched matmuls; the unit-lower-triangular inverse is `xla.unit_lower_inverse`:
@@ -7,7 +8,8 @@ power series), and autodiff carries its gradient:
   T = (I + diag(beta) A)^{-1},  A_ij = within_ij (k_i . k_j) for j < i,
   W = T diag(beta entry) K,     U_0 = T diag(beta) V.
 The state recurrence then is the linear-attention kernel on the pseudo-values
-U = U_0 - W S_in (`linear_attention/pallas.py`, which holds the forward and backward kernels):
+U = U_0 - W S_in (`linear_attention/pallas.py`, which holds the forward and backward kernels
+of both platforms):
   o_i = sum_{j <= i} within_ij (scale q_i . k_j) u_j + entry_i S_in^T (scale q_i),
   S_out = carry S_in + sum_j exit_j k_j u_j^T.
 """
@@ -46,10 +48,12 @@ def gated_delta_rule(q, k, v, beta, g, h0, resets, scale=1.0, chunk_size=kernel.
   kernel.check_real("gated_delta_rule", q, k, v, beta, g, h0)
   q, k, v = kernel.narrow(q), kernel.narrow(k), kernel.narrow(v)
   beta, g = kernel.narrow(beta), kernel.narrow(g)
-  lay = kernel.Layout.of(q, v, chunk_size)
-  w, u = ut_transform(lay, k.astype(kernel.F32), v.astype(kernel.F32), beta.astype(kernel.F32),
-                      g.astype(kernel.F32), resets)
-  G, seg = lay.gates(g, resets)
-  o, final = kernel.chunked(lay.seq(q), lay.seq(k), lay.seq(u), lay.seq(w), G, seg,
-                            lay.state(h0), float(scale), "gated_delta_rule")
-  return lay.unseq(o, lay.V), lay.unstate(final).astype(h0.dtype)
+
+  def form(q, k, v, beta, g, h0, resets, *, interpret, gpu=False):
+    lay = kernel.Layout.of(q, v, chunk_size, gpu)
+    w, u = ut_transform(lay, k.astype(kernel.F32), v.astype(kernel.F32),
+                        beta.astype(kernel.F32), g.astype(kernel.F32), resets)
+    G, seg = lay.gates(g, resets)
+    return kernel.run(lay, q, k, u, w, G, seg, h0, float(scale), interpret)
+  return kernel.platform_form("gated_delta_rule", form, q, k, v, beta, g, h0, resets,
+                              gpu_kernel=q.shape[-1] <= kernel.GPU_WIDE_K)

@@ -26,7 +26,8 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array | No
     segment_ids: [B, T] int; the state restarts from zero wherever the id changes.
     impl: "reference" (lax.scan over time) | "parallel" (masked quadratic, O(T^2) memory) |
       "chunk" (quadratic within chunks, state passed between them) | "pallas" (the chunked
-      TPU kernel, chunks of 64, real inputs only; interpret mode on CPU) | "auto"
+      TPU or Hopper GPU kernel, chunks of 64, real inputs only, bfloat16 matmul operands on
+      GPU; interpret mode on CPU) | "auto"
       (common.AUTO_FORMS; the kernel where `_pallas.VERIFIED` lists the device).
     chunk_size: C for "chunk" (T is padded to a multiple of C internally); 32 is the fastest
       on CPU (benchmarks/linear_attention.py).

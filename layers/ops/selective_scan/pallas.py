@@ -447,22 +447,6 @@ def _gpu_program(lay):
       j, jnp.int32(lay.blocks_per_group))
 
 
-def _gpu_load(pairs, barriers):
-  """Copies each (GMEM slice, SMEM ref) pair with its own barrier and waits for all."""
-  for i, (src, dst) in enumerate(pairs):
-    plgpu.copy_gmem_to_smem(src, dst, barriers.at[i])
-  for i in range(len(pairs)):
-    plgpu.barrier_wait(barriers.at[i])
-
-
-def _gpu_store(pairs):
-  """Copies each (SMEM ref, GMEM slice) pair out and waits until the SMEM may be rewritten."""
-  plgpu.commit_smem()
-  for src, dst in pairs:
-    plgpu.copy_smem_to_gmem(src, dst)
-  plgpu.wait_smem_to_gmem(0)
-
-
 def _gpu_step(A, h, dt, x, B_t, reset):
   """One step of every state row n: h_n <- a_n h_n + B_tn x, a_n = exp(dt A_n) (0 at a reset).
   Returns (new h, the decays)."""
@@ -481,16 +465,16 @@ def _gpu_forward_kernel(lay, has_z):
     z_s = scratch.pop(0) if has_z else None
     B_s, C_s, r_s, y_s, A_s, D_s, h_s, barriers = scratch
     b, _, cols, g = _gpu_program(lay)
-    _gpu_load([(Ag.at[:, cols], A_s), (Dg.at[:, cols], D_s), (h0.at[b, :, cols], h_s)],
-              barriers)
+    _pallas.gpu_load([(Ag.at[:, cols], A_s), (Dg.at[:, cols], D_s), (h0.at[b, :, cols], h_s)],
+                     barriers)
     A, D = [A_s[n] for n in range(num_n)], D_s[0]
 
     def tile(k, entry):
       steps = pl.ds(k * block_t, block_t)
-      _gpu_load([(u.at[b, steps, cols], u_s), (dt.at[b, steps, cols], dt_s),
-                 (Bg.at[b, g, steps], B_s), (Cg.at[b, g, steps], C_s),
-                 (resets.at[b, steps], r_s)]
-                + ([(z.at[b, steps, cols], z_s)] if has_z else []), barriers)
+      _pallas.gpu_load([(u.at[b, steps, cols], u_s), (dt.at[b, steps, cols], dt_s),
+                        (Bg.at[b, g, steps], B_s), (Cg.at[b, g, steps], C_s),
+                        (resets.at[b, steps], r_s)]
+                       + ([(z.at[b, steps, cols], z_s)] if has_z else []), barriers)
 
       def one_step(t, h):
         u_t, dt_t = u_s[t].astype(F32), dt_s[t].astype(F32)
@@ -507,13 +491,13 @@ def _gpu_forward_kernel(lay, has_z):
       h = lax.fori_loop(0, block_t, one_step, entry)
       for n in range(num_n):  # stored with y, after the barrier that ends the tile's reads
         h_s[n] = entry[n]
-      _gpu_store([(y_s, y.at[b, steps, cols]), (h_s, entries.at[b, k, :, cols])])
+      _pallas.gpu_store([(y_s, y.at[b, steps, cols]), (h_s, entries.at[b, k, :, cols])])
       return h
 
     h = lax.fori_loop(0, lay.num_tiles, tile, [h_s[n] for n in range(num_n)])
     for n in range(num_n):
       h_s[n] = h[n]
-    _gpu_store([(h_s, final.at[b, :, cols])])
+    _pallas.gpu_store([(h_s, final.at[b, :, cols])])
   return kernel
 
 
@@ -530,18 +514,18 @@ def _gpu_backward_kernel(lay, has_z):
     z_s, dz_s = (scratch.pop(0), scratch.pop(0)) if has_z else (None, None)
     B_s, C_s, r_s, dB_s, dC_s, A_s, D_s, h_s, states, barriers = scratch
     b, j, cols, g = _gpu_program(lay)
-    _gpu_load([(Ag.at[:, cols], A_s), (Dg.at[:, cols], D_s), (dfinal.at[b, :, cols], h_s)],
-              barriers)
+    _pallas.gpu_load([(Ag.at[:, cols], A_s), (Dg.at[:, cols], D_s), (dfinal.at[b, :, cols], h_s)],
+                     barriers)
     A, D = [A_s[n] for n in range(num_n)], D_s[0]
 
     def tile(k, carry):
       k = lay.num_tiles - 1 - k
       steps = pl.ds(k * block_t, block_t)
-      _gpu_load([(u.at[b, steps, cols], u_s), (dt.at[b, steps, cols], dt_s),
-                 (Bg.at[b, g, steps], B_s), (Cg.at[b, g, steps], C_s),
-                 (resets.at[b, steps], r_s), (dy.at[b, steps, cols], dy_s),
-                 (entries.at[b, k, :, cols], h_s)]
-                + ([(z.at[b, steps, cols], z_s)] if has_z else []), barriers)
+      _pallas.gpu_load([(u.at[b, steps, cols], u_s), (dt.at[b, steps, cols], dt_s),
+                        (Bg.at[b, g, steps], B_s), (Cg.at[b, g, steps], C_s),
+                        (resets.at[b, steps], r_s), (dy.at[b, steps, cols], dy_s),
+                        (entries.at[b, k, :, cols], h_s)]
+                       + ([(z.at[b, steps, cols], z_s)] if has_z else []), barriers)
 
       def recompute(t, h):  # states[t] = h_{t-1} within the tile
         for n in range(num_n):
@@ -586,9 +570,9 @@ def _gpu_backward_kernel(lay, has_z):
         return new_grad, new_dA, dD_acc + dy_t * u_t, h_prev
 
       grad, dA_acc, dD_acc, _ = lax.fori_loop(0, block_t, step_back, (*carry, h))
-      _gpu_store([(du_s, du.at[b, steps, cols]), (ddt_s, ddt.at[b, steps, cols]),
-                  (dB_s, dB.at[b, j, steps]), (dC_s, dC.at[b, j, steps])]
-                 + ([(dz_s, dz.at[b, steps, cols])] if has_z else []))
+      _pallas.gpu_store([(du_s, du.at[b, steps, cols]), (ddt_s, ddt.at[b, steps, cols]),
+                         (dB_s, dB.at[b, j, steps]), (dC_s, dC.at[b, j, steps])]
+                        + ([(dz_s, dz.at[b, steps, cols])] if has_z else []))
       return grad, dA_acc, dD_acc
 
     dfinal_rows = [h_s[n] for n in range(num_n)]
@@ -599,8 +583,8 @@ def _gpu_backward_kernel(lay, has_z):
     for n in range(num_n):
       h_s[n], A_s[n] = grad[n], dA_acc[n]
     D_s[0] = dD_acc
-    _gpu_store([(h_s, dh0.at[b, :, cols]), (A_s, dA.at[b, :, cols]),
-                (D_s, dD.at[b, :, cols])])
+    _pallas.gpu_store([(h_s, dh0.at[b, :, cols]), (A_s, dA.at[b, :, cols]),
+                       (D_s, dD.at[b, :, cols])])
   return kernel
 
 
