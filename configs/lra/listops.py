@@ -5,10 +5,14 @@ distribution (train/data/listops.py); --config.task.data_dir=DIR reads DIR/basic
 
   python -m train --config configs/lra/listops.py:size=cpu --workdir runs/listops_cpu
   python -m train --config configs/lra/listops.py:model=s4d --workdir runs/listops
+
+Easier expressions (a diagnostic; operators nested at most two deep, any length):
+  python -m train --config configs/lra/listops.py:size=cpu,max_depth=3,min_length=3 ...
 """
 import ml_collections
 
 from train import config_lib
+from train.data import listops
 
 TRAIN_SIZE = 96_000
 
@@ -32,4 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="listops",
       data_dir="",       # "": generated examples; else the folder of basic_{train,val,test}.tsv
       max_length=2048,
-  ), SIZES)
+      max_depth=listops.MAX_DEPTH,    # generator: operators nest at most max_depth - 1 deep
+      min_length=listops.MIN_LENGTH,  # generator: expressions longer than this (tokens)
+  ), SIZES, task_args=("max_depth", "min_length"))

@@ -142,6 +142,27 @@ def test_listops_generated_examples_follow_the_index():
     assert _evaluate(tokens) == y
 
 
+def test_listops_easier_expressions_nest_at_most_max_depth_minus_one():
+  """max_depth=3, min_length=3 (the diagnostic of configs/lra/listops.py): every expression
+  is an operator, operators nest at most two deep, labels are the values; both options
+  reach the task from the config; the release's files take neither."""
+  from configs.lra import listops as listops_config
+  task_config = listops_config.get_config("size=cpu,max_depth=3,min_length=3").task
+  assert (task_config.max_depth, task_config.min_length) == (3, 3)
+  task = ListOps(max_depth=3, min_length=3)
+  names = {v: k for k, v in TOKEN_IDS.items()}
+  depths = []
+  for x, s, y in zip(*(task.dataset("train", 64)[0][k]
+                       for k in ("inputs", "segment_ids", "targets"))):
+    tokens = [names[i] for i in x[s == 1]]
+    nesting = np.cumsum([t.startswith("[") - (t == "]") for t in tokens])
+    depths.append(nesting.max())
+    assert len(tokens) > 3 and tokens[0].startswith("[") and _evaluate(tokens) == y
+  assert max(depths) == 2
+  with pytest.raises(ValueError, match="generated examples only"):
+    ListOps(data_dir="somewhere", max_depth=3)
+
+
 # Fixture files in the release formats ------------------------------------------------------
 
 LISTOPS_TSV = ("Source\tTarget\r\n"

@@ -42,10 +42,11 @@ _APPLY = {
 }
 
 
-def random_tree(rng: random.Random, depth: int = 1):
-  """An expression: a value 0..9, or (operator, [arguments]) drawn as LRA's generator does."""
-  if depth < MAX_DEPTH and rng.random() <= OPERATOR_P:
-    args = [random_tree(rng, depth + 1) for _ in range(rng.randint(2, MAX_ARGS))]
+def random_tree(rng: random.Random, depth: int = 1, max_depth: int = MAX_DEPTH):
+  """An expression: a value 0..9, or (operator, [arguments]) drawn as LRA's generator does
+  (nodes at `max_depth` are values: operators nest at most max_depth - 1 deep)."""
+  if depth < max_depth and rng.random() <= OPERATOR_P:
+    args = [random_tree(rng, depth + 1, max_depth) for _ in range(rng.randint(2, MAX_ARGS))]
     return rng.choice(OPERATORS), args
   return rng.randrange(10)
 
@@ -83,12 +84,13 @@ def render(tree) -> str:
   return f"( {text} {END} )"
 
 
-def sample(rng: random.Random):
-  """A tree of the benchmark's length range: trees drawn until one has between MIN_LENGTH and
-  MAX_LENGTH tokens (exclusive)."""
+def sample(rng: random.Random, max_depth: int = MAX_DEPTH, min_length: int = MIN_LENGTH):
+  """A tree of the benchmark's length range: trees drawn until one has between min_length and
+  MAX_LENGTH tokens (exclusive). Smaller max_depth and min_length give easier expressions
+  (a diagnostic, not the benchmark: max_depth=3, min_length=3 nests operators two deep)."""
   while True:
-    tree = random_tree(rng)
-    if MIN_LENGTH < len(tokens(tree)) < MAX_LENGTH:
+    tree = random_tree(rng, max_depth=max_depth)
+    if min_length < len(tokens(tree)) < MAX_LENGTH:
       return tree
 
 

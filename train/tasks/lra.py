@@ -94,8 +94,12 @@ class Classification(Task):
 class ListOps(Classification):
   """ListOps: the value 0-9 of a nested MIN / MAX / MED / SM expression, tokens without
   parentheses (ids from listops.TOKENS), up to `max_length` tokens. Without data_dir the
-  examples are generated from their index; with it, read from the release's TSVs."""
+  examples are generated from their index; with it, read from the release's TSVs.
+  max_depth and min_length set the generator's (`listops.sample`; the benchmark's by default,
+  smaller for easier expressions)."""
   max_length: int = 2048
+  max_depth: int = listops.MAX_DEPTH
+  min_length: int = listops.MIN_LENGTH
 
   LAYOUT = ("basic_{train,val,test}.tsv (the release's listops-1000 folder, or the output of "
             "python -m train.data.listops --out DIR)")
@@ -103,11 +107,18 @@ class ListOps(Classification):
   num_classes = 10
   vocab_size = len(listops.TOKENS) + 1
 
+  def __post_init__(self):
+    generator = (self.max_depth, self.min_length)
+    if self.data_dir and generator != (listops.MAX_DEPTH, listops.MIN_LENGTH):
+      raise ValueError(f"ListOps: max_depth and min_length shape generated examples only; "
+                       f"got {generator} with data_dir={self.data_dir!r}")
+
   def examples(self, split):
     if self.data_dir:
       return super().examples(split)
     def make(rng):
-      tree = listops.sample(random.Random(int(rng.integers(2**63))))
+      tree = listops.sample(random.Random(int(rng.integers(2**63))), self.max_depth,
+                            self.min_length)
       return self.encode((listops.token_ids(listops.tokens(tree)), listops.value(tree)))
     return generated_examples(make, self.seed, self.SPLITS[split])
 
