@@ -142,7 +142,7 @@ def test_chunked_recurrence_matches_reference():
   harness.assert_close(grads, grads_ref, harness.GRAD_TOL, "gradients of u, x0, A_bar, B_bar, C")
 
 
-def test_s4d_conv_fft_gradient_memory_is_linear_in_the_state_once():
+def test_s4d_conv_fft_gradient_keeps_no_per_step_states():
   """Under jit both branches of the fft form's `lax.cond` are compiled, so the recurrence
   fallback must not keep per-step states: the gradient's temporaries stay below 2.5 sequences
   of states [B, T, H, N/2] complex64 (about 1.4 with the chunked recurrence; the
