@@ -79,3 +79,38 @@ def on_platform(platform: str):
                               reason=f"needs a {platform.upper()}")
     return skip(getattr(pytest.mark, platform)(test))
   return decorate
+
+
+def check_tests(checks: dict, default_tier=None):
+  """The two tests every kernel file runs over its `checks` (name -> a zero-argument check of
+  the kernel against the reference): in interpret mode on CPU (the checks outside
+  `default_tier` under -m slow; None: all in the default tier) and compiled on a TPU."""
+  slow = lambda c: default_tier is not None and c not in default_tier
+
+  @pytest.mark.parametrize("check", [
+      pytest.param(c, marks=pytest.mark.slow) if slow(c) else c for c in checks])
+  def test_interpret_matches_reference(check):
+    checks[check]()
+
+  @on_platform("tpu")
+  @pytest.mark.parametrize("check", checks)
+  def test_compiled_on_tpu_matches_reference(check):
+    checks[check]()
+  return test_interpret_matches_reference, test_compiled_on_tpu_matches_reference
+
+
+def gpu_check_tests(checks: dict, pallas_module):
+  """The same checks on the Mosaic GPU kernels: in Mosaic GPU's interpreter on CPU (slow:
+  `pallas_module` is `layers.ops._pallas`, switched to it) and compiled on a GPU."""
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize("check", checks)
+  def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
+    monkeypatch.setattr(pallas_module, "CPU_INTERPRETS", "gpu")
+    checks[check]()
+
+  @on_platform("gpu")
+  @pytest.mark.parametrize("check", checks)
+  def test_compiled_on_gpu_matches_reference(check):
+    checks[check]()
+  return test_gpu_kernel_interpreted_matches_reference_wide, test_compiled_on_gpu_matches_reference

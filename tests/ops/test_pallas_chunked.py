@@ -56,16 +56,8 @@ for _op in OPS:
 DEFAULT_TIER = ("linear_attention float32", "gated_delta_rule float32")
 
 
-@pytest.mark.parametrize("check", [
-    c if c in DEFAULT_TIER else pytest.param(c, marks=pytest.mark.slow) for c in CHECKS])
-def test_interpret_matches_reference(check):
-  CHECKS[check]()
-
-
-@kernels.on_platform("tpu")
-@pytest.mark.parametrize("check", CHECKS)
-def test_compiled_on_tpu_matches_reference(check):
-  CHECKS[check]()
+test_interpret_matches_reference, test_compiled_on_tpu_matches_reference = (
+    kernels.check_tests(CHECKS, DEFAULT_TIER))
 
 
 @pytest.mark.slow
@@ -182,14 +174,6 @@ def test_lowers_for_tpu(monkeypatch, op, shape, dtype):
   _assert_lowers(monkeypatch, op, *shape, dtype)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
-@pytest.mark.parametrize("op", OPS)
-def test_lowers_for_tpu_wide_grid(monkeypatch, op, shape, dtype):
-  _assert_lowers(monkeypatch, op, *shape, dtype)
-
-
 # Mosaic GPU kernels (C = 64, bfloat16 matmul operands: checked at the bfloat16 tolerance) ---
 GPU_T = 70  # two GPU chunks, the last one partial
 
@@ -221,11 +205,8 @@ def test_gpu_kernel_interpreted_matches_reference(monkeypatch, op):
   _gpu_check(op)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("check", GPU_CHECKS)
-def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
-  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
-  GPU_CHECKS[check]()
+test_gpu_kernel_interpreted_matches_reference_wide, test_compiled_on_gpu_matches_reference = (
+    kernels.gpu_check_tests(GPU_CHECKS, _pallas))
 
 
 @pytest.mark.slow
@@ -261,12 +242,6 @@ def test_gpu_kernel_interpreted_narrow_value_blocks(monkeypatch, op):
       what=f"{op} GPU kernel Vb=32")
 
 
-@kernels.on_platform("gpu")
-@pytest.mark.parametrize("check", GPU_CHECKS)
-def test_compiled_on_gpu_matches_reference(check):
-  GPU_CHECKS[check]()
-
-
 def _assert_lowers_for_cuda(monkeypatch, op, B, T, H, K, V, dtype):
   monkeypatch.setitem(common.FORMS[op], "pallas", OPS[op][1])
   s = lambda *shape, d=dtype: jax.ShapeDtypeStruct(shape, d)
@@ -290,8 +265,11 @@ def test_lowers_for_cuda(monkeypatch, op, shape):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(*s, s[-1]) for s in FLA_GRID] + LAYER_SHAPES)
 @pytest.mark.parametrize("op", OPS)
-def test_lowers_for_cuda_wide_grid(monkeypatch, op, shape, dtype):
-  _assert_lowers_for_cuda(monkeypatch, op, *shape, dtype)
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_lowers_on_the_wide_grid(monkeypatch, platform, op, shape, dtype):
+  """FLA's grid and our layers' defaults, on the TPU and the Mosaic GPU kernels."""
+  lowers = {"tpu": _assert_lowers, "cuda": _assert_lowers_for_cuda}[platform]
+  lowers(monkeypatch, op, *shape, dtype)
 
 
 def test_gpu_delta_rule_with_wider_keys_raises(monkeypatch):

@@ -76,19 +76,12 @@ CHECKS = {
 }
 
 
-SLOW = ("linear float32 reverse", "log bfloat16")  # the backward runs the reverse kernel
+# in -m slow: the reverse scan (the backward runs the reverse kernel) and bfloat16 log scan
+DEFAULT_TIER = tuple(c for c in CHECKS if c not in ("linear float32 reverse", "log bfloat16"))
 
 
-@pytest.mark.parametrize("check", [
-    pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CHECKS])
-def test_interpret_matches_reference(check):
-  CHECKS[check]()
-
-
-@kernels.on_platform("tpu")
-@pytest.mark.parametrize("check", CHECKS)
-def test_compiled_on_tpu_matches_reference(check):
-  CHECKS[check]()
+test_interpret_matches_reference, test_compiled_on_tpu_matches_reference = (
+    kernels.check_tests(CHECKS, DEFAULT_TIER))
 
 
 @pytest.mark.slow
@@ -176,18 +169,9 @@ def test_gpu_kernel_interpreted_matches_reference(monkeypatch, check):
   check("float32", shape=(1, 9, D))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("check", CHECKS)
-def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
-  """Every check of the TPU kernels, on the Mosaic GPU kernels in their interpreter."""
-  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
-  CHECKS[check]()
-
-
-@kernels.on_platform("gpu")
-@pytest.mark.parametrize("check", CHECKS)
-def test_compiled_on_gpu_matches_reference(check):
-  CHECKS[check]()
+# every check of the TPU kernels, on the Mosaic GPU kernels
+test_gpu_kernel_interpreted_matches_reference_wide, test_compiled_on_gpu_matches_reference = (
+    kernels.gpu_check_tests(CHECKS, _pallas))
 
 
 @pytest.mark.parametrize("op, dtype", [

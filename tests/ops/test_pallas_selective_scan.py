@@ -59,16 +59,8 @@ CHECKS = {
 DEFAULT_TIER = ("float32 grouped",)
 
 
-@pytest.mark.parametrize("check", [
-    c if c in DEFAULT_TIER else pytest.param(c, marks=pytest.mark.slow) for c in CHECKS])
-def test_interpret_matches_reference(check):
-  CHECKS[check]()
-
-
-@kernels.on_platform("tpu")
-@pytest.mark.parametrize("check", CHECKS)
-def test_compiled_on_tpu_matches_reference(check):
-  CHECKS[check]()
+test_interpret_matches_reference, test_compiled_on_tpu_matches_reference = (
+    kernels.check_tests(CHECKS, DEFAULT_TIER))
 
 
 def test_gpu_kernel_interpreted_matches_reference(monkeypatch):
@@ -80,17 +72,8 @@ def test_gpu_kernel_interpreted_matches_reference(monkeypatch):
   _check(jnp.float32, None, (1e-5, 1e-4), batch=1, length=7)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("check", CHECKS)
-def test_gpu_kernel_interpreted_matches_reference_wide(monkeypatch, check):
-  monkeypatch.setattr(_pallas, "CPU_INTERPRETS", "gpu")
-  CHECKS[check]()
-
-
-@kernels.on_platform("gpu")
-@pytest.mark.parametrize("check", CHECKS)
-def test_compiled_on_gpu_matches_reference(check):
-  CHECKS[check]()
+test_gpu_kernel_interpreted_matches_reference_wide, test_compiled_on_gpu_matches_reference = (
+    kernels.gpu_check_tests(CHECKS, _pallas))
 
 
 def _race_inputs():
