@@ -21,7 +21,8 @@ def _model(pattern):
                                 dtype=jnp.float64, param_dtype=jnp.float64))
 
 
-@pytest.mark.parametrize("pattern", ["mingru_attention", "s4d"])
+@pytest.mark.parametrize("pattern", ["mingru_attention",
+                                     pytest.param("s4d", marks=pytest.mark.slow)])
 def test_greedy_equals_argmax_of_full_forwards(pattern):
   model = _model(pattern)
   prompt = jnp.array([[3, 1, 4, 1, 5, 9], [0, 0, 0, 2, 6, 5]], jnp.int32)

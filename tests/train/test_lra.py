@@ -349,9 +349,9 @@ def test_two_tower_combines_pooled_towers_and_ignores_padding():
 
 # Every configs/lra config trains a few steps -----------------------------------------------
 
-@pytest.mark.parametrize("name", ["listops", "retrieval", "pathfinder",
+@pytest.mark.parametrize("name", ["listops", "retrieval",
                                   *(pytest.param(name, marks=pytest.mark.slow)
-                                    for name in ("text", "image", "pathx"))])
+                                    for name in ("text", "image", "pathfinder", "pathx"))])
 def test_lra_configs_train_a_few_steps(tmp_path, release, name):
   sys.path.insert(0, ROOT)
   import importlib  # noqa: PLC0415
